@@ -1,0 +1,53 @@
+# Every target uses the project's own virtualenv in .venv/ (created by `make install`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/logs
+
+.DEFAULT_GOAL := help
+.PHONY: help install migrate run test lint bench up down logs ps clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/activate: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(BIN)/activate
+
+install: $(BIN)/activate ## Create .venv/ with the project (editable) and its test and dev tools
+
+migrate: install ## Create the database if needed and apply migrations/ (idempotent)
+	$(BIN)/python -m collector.migrate
+
+run: migrate ## Run the whole stack in the foreground: api1 :8001, api2 :8002, worker, beat, flower :5555, nginx :18723
+	@command -v nginx >/dev/null || { echo "nginx is not installed: sudo apt-get install -y nginx (or brew install nginx)"; exit 1; }
+	$(BIN)/honcho start -f Procfile
+
+test: install ## Run the whole test suite against the local Redis and PostgreSQL (isolated namespaces)
+	$(BIN)/pytest
+
+lint: install ## Static checks
+	$(BIN)/ruff check collector tasks tests locustfiles
+
+bench: install ## Load the local stack with Locust and report accepted/persisted rates and latency
+	$(BIN)/python -m bench
+
+up: ## Run the whole stack in Docker (needs a Docker engine)
+	docker compose up -d --build
+
+down: ## Stop the Docker stack
+	docker compose down
+
+logs: ## Follow the Docker stack's logs
+	docker compose logs -f
+
+ps: ## Show the Docker stack's services
+	docker compose ps
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

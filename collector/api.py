@@ -1,0 +1,122 @@
+"""HTTP endpoints, seed-compatible: ingest, per-device queries, stats, health.
+
+Ingest is the hot path: parse, validate, XADD, answer. It never touches
+PostgreSQL, so it keeps accepting logs while the database is down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import orjson
+from flask import Blueprint, request
+
+from collector import cache, storage, stream
+from collector.app import backends, settings
+from collector.errors import ApiError
+from collector.schemas import DEVICE_ID_RE, LogOut, batch_schema, log_schema, query_args_schema
+
+api = Blueprint("api", __name__)
+_log_out = LogOut(many=True)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _json_body() -> object:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type must be application/json, not {request.mimetype or 'missing'!r}.")
+    body = request.get_data(cache=False)  # raises 413 past MAX_BODY_BYTES
+    if not body.strip():
+        raise ApiError(400, "empty_body", "The request body is empty; send a JSON object.")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"The request body is not valid JSON: {exc}.") from None
+
+
+@api.post("/api/log")
+def ingest_log():
+    s = settings()
+    log = log_schema(s.max_message_chars, s.max_log_data_bytes).load(_json_body())
+    received = _utcnow()
+    [entry_id] = stream.append(backends().redis, s.stream, [stream.encode_entry(log, received)])
+    return {"status": "queued", "message_id": entry_id, "received_at": received.isoformat()}
+
+
+@api.post("/api/logs/batch")
+def ingest_batch():
+    s = settings()
+    batch = batch_schema(s.max_batch_logs, s.max_message_chars, s.max_log_data_bytes).load(_json_body())
+    received = _utcnow()
+    entries = [stream.encode_entry(log, received) for log in batch["logs"]]
+    ids = stream.append(backends().redis, s.stream, entries)
+    return {"status": "queued", "count": len(ids), "message_ids": ids, "received_at": received.isoformat()}
+
+
+@api.get("/api/logs/<device_id>")
+def device_logs(device_id: str):
+    s = settings()
+    if not DEVICE_ID_RE.match(device_id):
+        raise ApiError(422, "validation_failed", "The device id in the path is invalid; see fields.",
+                       {"device_id": ["Must be 1-100 characters: letters, digits and . _ : @ -."]})
+    limit = query_args_schema(s.max_query_limit).load(request.args.to_dict())["limit"]
+    b = backends()
+
+    def from_database() -> list[dict]:
+        with b.db.connection() as conn:
+            return _log_out.dump(storage.device_logs(conn, device_id, limit))
+
+    data, source = cache.cached(b.redis, s.key_prefix, cache.device_scope(device_id), str(limit),
+                                s.logs_cache_ttl, from_database)
+    return {"total": len(data), "source": source, "data": data}
+
+
+@api.get("/api/stats")
+def stats():
+    s = settings()
+    b = backends()
+
+    def from_database() -> dict:
+        with b.db.connection() as conn:
+            return storage.table_stats(conn)
+
+    table, source = cache.cached(b.redis, s.key_prefix, cache.STATS_SCOPE, "table", s.stats_cache_ttl,
+                                 from_database)
+    pipeline = stream.pipeline_stats(b.redis, s.stream, s.consumer_group)
+    pipeline["persisted"] = table["total_logs"]
+    return {**table, "pipeline": pipeline, "source": source}
+
+
+@api.get("/health")
+def health():
+    s = settings()
+    b = backends()
+    checks, errors = {}, {}
+    started = time.perf_counter()
+    try:
+        b.redis.ping()
+        checks["redis"] = True
+    except Exception as exc:  # any failure is a failed check, reported by name
+        checks["redis"], errors["redis"] = False, repr(exc)
+    try:
+        with b.db.connection(timeout=min(1.0, s.db_timeout)) as conn:
+            storage.ping(conn)
+        checks["postgres"] = True
+    except Exception as exc:
+        checks["postgres"], errors["postgres"] = False, repr(exc)
+    healthy = all(checks.values())
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "instance": s.instance_name,
+        "checks": checks,
+        "timestamp": _utcnow().isoformat(),
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    if errors:
+        body["errors"] = errors
+    headers = {} if healthy else {"Retry-After": str(s.retry_after)}
+    return body, 200 if healthy else 503, headers

@@ -1,0 +1,42 @@
+"""Building the Redis client and the PostgreSQL pool from settings.
+
+Nothing here runs at import time: the Flask factory and the Celery worker's
+process init call these after forking, so no socket is shared across processes.
+"""
+
+from __future__ import annotations
+
+import redis
+from psycopg_pool import ConnectionPool
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from collector.settings import Settings
+
+
+def make_redis(settings: Settings, timeout: float | None = None) -> redis.Redis:
+    """A pooled client that fails fast: one immediate retry (a stale pooled socket
+    after a Redis restart), then the error, so callers can answer 503 at once."""
+    timeout = settings.redis_timeout if timeout is None else timeout
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+def make_db_pool(settings: Settings, size: int, name: str) -> ConnectionPool:
+    """An unopened pool; the caller opens it (without waiting, so a down database
+    does not stop a process from starting) and closes it at shutdown."""
+    return ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=size,
+        timeout=settings.db_timeout,
+        name=name,
+        open=False,
+        kwargs={"application_name": name, "connect_timeout": max(1, int(settings.db_timeout))},
+        reconnect_timeout=0,  # keep trying for ever: the database may come back
+    )

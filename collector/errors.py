@@ -1,0 +1,90 @@
+"""One JSON error shape for every failure, registered centrally.
+
+    {"error": "<code>", "message": "<human text>", "fields": {...}}   (fields only for validation)
+
+Devices parse JSON, so even Flask's own 404/405/413 are rewritten here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import psycopg_pool
+import redis
+from flask import Flask, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str, fields: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.fields = status, error, message, fields
+
+
+class Unavailable(ApiError):
+    """A backend we need is down: 503 with Retry-After, never a 2xx."""
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(503, f"{backend}_unavailable", f"{backend} is unavailable ({detail}); retry later")
+
+
+def error_response(status: int, error: str, message: str, fields: dict | None = None, retry_after: int = 0):
+    body = {"error": error, "message": message}
+    if fields is not None:
+        body["fields"] = fields
+    response = jsonify(body)
+    response.status_code = status
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    retry_after = app.config["SETTINGS"].retry_after
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return error_response(exc.status, exc.error, exc.message, exc.fields,
+                              retry_after if exc.status == 503 else 0)
+
+    @app.errorhandler(ValidationError)
+    def validation_error(exc: ValidationError):
+        return error_response(422, "validation_failed", "The request body or query is invalid; see fields.",
+                              _stringify_keys(exc.messages))
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(exc: redis.RedisError):
+        log.warning("redis error: %r", exc)
+        return error_response(503, "redis_unavailable", f"Redis is unavailable ({type(exc).__name__}); retry later",
+                              retry_after=retry_after)
+
+    @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(psycopg_pool.PoolTimeout)
+    def database_down(exc: Exception):
+        log.warning("database error: %r", exc)
+        return error_response(503, "database_unavailable",
+                              f"PostgreSQL is unavailable ({type(exc).__name__}); retry later",
+                              retry_after=retry_after)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, name, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "An unexpected error occurred; it has been logged.")
+
+
+def _stringify_keys(messages):
+    """marshmallow keys list errors by int index; JSON object keys must be strings."""
+    if isinstance(messages, dict):
+        return {str(k): _stringify_keys(v) for k, v in messages.items()}
+    if isinstance(messages, list):
+        return [_stringify_keys(m) for m in messages]
+    return messages

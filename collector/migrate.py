@@ -1,0 +1,61 @@
+"""Apply the SQL migrations in migrations/ with yoyo: `python -m collector.migrate`.
+
+Creates the database named in DATABASE_URL if it does not exist yet, then
+applies whatever migrations are new; running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from yoyo import get_backend, read_migrations
+
+from collector.settings import SettingsError, load_settings
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def create_database_if_missing(database_url: str) -> bool:
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    name = info.get("dbname") or info.get("user") or "postgres"
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return True
+
+
+def yoyo_url(database_url: str) -> str:
+    """yoyo speaks psycopg 3 under the postgresql+psycopg scheme."""
+    scheme, rest = database_url.split("://", 1)
+    return f"postgresql+psycopg://{rest}"
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply pending migrations; returns the ids applied (empty when up to date)."""
+    create_database_if_missing(database_url)
+    backend = get_backend(yoyo_url(database_url))
+    migrations = read_migrations(str(MIGRATIONS))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"invalid setting: {exc}", file=sys.stderr)
+        return 2
+    applied = migrate(settings.database_url)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

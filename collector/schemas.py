@@ -1,0 +1,140 @@
+"""Marshmallow schemas for what devices send and what the query API returns.
+
+Validation is the only guard in front of the stream: whatever these schemas
+accept must later insert into PostgreSQL without error, because the device has
+already been told "queued". So besides types and sizes they reject what
+PostgreSQL cannot store: NUL characters (text and jsonb refuse them) and
+timestamps outside the range both Python and PostgreSQL can represent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$"
+DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+# An escaped NUL in compact JSON: "\u0000" preceded by an even number of backslashes.
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_UTC = dt.timezone.utc
+
+
+class Level(fields.String):
+    """A log level; lower-case input is accepted and stored upper-case."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        level = super()._deserialize(value, attr, data, **kwargs).upper()
+        if level not in LEVELS:
+            raise ValidationError(f"Must be one of: {', '.join(LEVELS)}.")
+        return level
+
+
+class Text(fields.String):
+    """A string PostgreSQL can store: no NUL characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ValidationError("Must not contain NUL characters.")
+        return text
+
+
+class UtcDateTime(fields.DateTime):
+    """An ISO 8601 timestamp, returned in UTC; one without an offset is taken as UTC."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            if moment.tzinfo is None:
+                return moment.replace(tzinfo=_UTC)
+            return moment.astimezone(_UTC)
+        except (OverflowError, ValueError):
+            raise ValidationError("Out of the representable range of timestamps.") from None
+
+
+class LogData(fields.Dict):
+    """Free-form JSON object, kept as its compact JSON text for the stream."""
+
+    def __init__(self, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_bytes = max_bytes
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bytes:
+        mapping = super()._deserialize(value, attr, data, **kwargs)
+        encoded = orjson.dumps(mapping)
+        if len(encoded) > self.max_bytes:
+            raise ValidationError(f"Longer than {self.max_bytes} bytes as JSON.")
+        if b"\\u0000" in encoded and _JSON_NUL.search(encoded):
+            raise ValidationError("Must not contain NUL characters.")
+        return encoded
+
+
+@lru_cache(maxsize=8)
+def log_schema(max_message_chars: int, max_log_data_bytes: int) -> Schema:
+    """One log as a device sends it; `load` returns a dict ready for the stream codec."""
+
+    class LogIn(Schema):
+        class Meta:
+            unknown = RAISE
+
+        device_id = fields.String(
+            required=True,
+            validate=validate.Regexp(
+                DEVICE_ID_RE,
+                error="Must be 1-100 characters: letters, digits and . _ : @ - (starting with a letter or digit).",
+            ),
+        )
+        log_level = Level(required=True)
+        message = Text(required=True, validate=validate.Length(min=1, max=max_message_chars))
+        log_data = LogData(max_log_data_bytes, load_default=None, allow_none=True)
+        timestamp = UtcDateTime(load_default=None, allow_none=True)
+
+    return LogIn()
+
+
+@lru_cache(maxsize=8)
+def batch_schema(max_batch_logs: int, max_message_chars: int, max_log_data_bytes: int) -> Schema:
+    """A batch: every entry is validated, and one bad entry rejects the batch."""
+    item = log_schema(max_message_chars, max_log_data_bytes)
+
+    class BatchIn(Schema):
+        class Meta:
+            unknown = RAISE
+
+        logs = fields.List(
+            fields.Nested(item),
+            required=True,
+            validate=validate.Length(min=1, max=max_batch_logs),
+        )
+
+    return BatchIn()
+
+
+class LogOut(Schema):
+    """A stored log as the query API returns it (the seed's fields)."""
+
+    id = fields.Integer()
+    device_id = fields.String()
+    log_level = fields.String()
+    message = fields.String()
+    log_data = fields.Raw(allow_none=True)
+    created_at = fields.DateTime()
+
+
+@lru_cache(maxsize=8)
+def query_args_schema(max_limit: int) -> Schema:
+    """Query string of GET /api/logs/<device_id>."""
+
+    class QueryArgs(Schema):
+        class Meta:
+            unknown = RAISE
+
+        limit = fields.Integer(load_default=min(100, max_limit), validate=validate.Range(min=1, max=max_limit))
+
+    return QueryArgs()

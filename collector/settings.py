@@ -1,0 +1,173 @@
+"""Every setting of the collector, read once from the environment.
+
+Each setting has a type, a default and one line of documentation; `load_settings()`
+checks them all and fails with a message naming the variable, so a typo stops
+start-up instead of surfacing as a strange error under load. The README's
+settings table is generated from the same list (`python -m collector.settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"between {low} and {high}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _float(low: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not value >= low:  # also rejects NaN
+            raise ValueError(f"must be >= {low}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not raw.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError(f"must start with one of {', '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw
+
+
+def _any_text(raw: str) -> str:
+    return raw
+
+
+def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = _setting(
+        "REDIS_URL", "redis://127.0.0.1:6379/0", _url("redis", "rediss", "unix"),
+        "Redis holding the log stream and the query cache.")
+    database_url: str = _setting(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/logs", _url("postgresql", "postgres"),
+        "PostgreSQL database holding the `logs` table.")
+    broker_url: str = _setting(
+        "CELERY_BROKER_URL", "", _any_text,
+        "Celery broker; empty means the same Redis as REDIS_URL.")
+    key_prefix: str = _setting(
+        "KEY_PREFIX", "", _any_text,
+        "Prefix for every Redis key the collector owns (stream, cache, Celery queues); "
+        "lets several stacks or test runs share one Redis.")
+    stream_key: str = _setting(
+        "STREAM_KEY", "logs:stream", _text, "Redis Stream that buffers accepted logs.")
+    consumer_group: str = _setting(
+        "CONSUMER_GROUP", "log_workers", _text, "Consumer group the drain tasks read with.")
+    batch_size: int = _setting(
+        "BATCH_SIZE", 100, _int(1, 10_000), "Stream entries one drain task run reads and inserts.")
+    drain_interval: float = _setting(
+        "DRAIN_INTERVAL", 1.0, _float(0.05),
+        "Seconds between beat-scheduled drain runs; a run that finds a full batch re-triggers itself.")
+    instance_name: str = _setting(
+        "INSTANCE_NAME", socket.gethostname(), _text,
+        "Name this process reports in /health and uses for its stream consumer.")
+    logs_cache_ttl: int = _setting(
+        "LOGS_CACHE_TTL", 300, _int(0),
+        "Seconds a per-device query result stays cached (0 disables); commits invalidate it at once.")
+    stats_cache_ttl: int = _setting(
+        "STATS_CACHE_TTL", 60, _int(0),
+        "Seconds the table part of /api/stats stays cached (0 disables); commits invalidate it at once.")
+    max_body_bytes: int = _setting(
+        "MAX_BODY_BYTES", 1_048_576, _int(1024),
+        "Largest request body accepted (413 above it); keep nginx's client_max_body_size equal.")
+    max_batch_logs: int = _setting(
+        "MAX_BATCH_LOGS", 1000, _int(1, 100_000), "Most logs one POST /api/logs/batch may carry.")
+    max_message_chars: int = _setting(
+        "MAX_MESSAGE_CHARS", 10_000, _int(1), "Longest `message` accepted, in characters.")
+    max_log_data_bytes: int = _setting(
+        "MAX_LOG_DATA_BYTES", 16_384, _int(2), "Largest `log_data` accepted, as compact JSON bytes.")
+    max_query_limit: int = _setting(
+        "MAX_QUERY_LIMIT", 1000, _int(1), "Largest `limit` of GET /api/logs/<device_id>.")
+    redis_timeout: float = _setting(
+        "REDIS_TIMEOUT", 0.5, _float(0.01),
+        "Seconds to wait on Redis (connect and each reply) before answering 503.")
+    db_pool_size: int = _setting(
+        "DB_POOL_SIZE", 4, _int(1), "PostgreSQL connections per API worker process (queries, stats, health).")
+    db_timeout: float = _setting(
+        "DB_TIMEOUT", 2.0, _float(0.1), "Seconds to wait for a PostgreSQL connection before failing.")
+    retry_after: int = _setting(
+        "RETRY_AFTER", 5, _int(1), "Seconds clients are told to wait (Retry-After) when we answer 503.")
+    beat_schedule_file: str = _setting(
+        "BEAT_SCHEDULE_FILE", "/tmp/collector-celerybeat-schedule", _text,
+        "Where Celery beat keeps its schedule state.")
+    log_level: str = _setting(
+        "LOG_LEVEL", "INFO", _text, "Level of the service's own logging.")
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def stream(self) -> str:
+        return self.key_prefix + self.stream_key
+
+    def key(self, name: str) -> str:
+        """A Redis key in this deployment's namespace."""
+        return self.key_prefix + name
+
+    @property
+    def celery_queue(self) -> str:
+        return self.key_prefix + "drain"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from `environ` (default: os.environ), then `overrides` (tests)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        env = f.metadata["env"]
+        raw = environ.get(env)
+        if raw is None:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw.strip())
+        except ValueError as exc:
+            raise SettingsError(f"{env}={raw!r} is not valid: {exc}") from None
+    values.update(overrides)
+    return Settings(**values)
+
+
+def settings_table() -> str:
+    """The README's settings table, from the definitions above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = "hostname" if f.name == "instance_name" else f"`{f.default}`" if f.default != "" else "(empty)"
+        rows.append(f"| `{f.metadata['env']}` | {default} | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    try:
+        load_settings()
+    except SettingsError as exc:
+        sys.exit(f"invalid setting: {exc}")
+    print(settings_table())

@@ -1,0 +1,88 @@
+"""PostgreSQL: storing drained batches and reading logs back.
+
+Every function takes an open psycopg connection; callers own pools and
+transactions' lifetimes, so the API, the Celery tasks, the CLI and the tests
+all share this code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import psycopg
+from psycopg.rows import dict_row
+
+from collector.schemas import LEVELS
+from collector.stream import Row
+
+INSERT_LOG = """
+    INSERT INTO logs (stream_id, device_id, log_level, message, log_data, created_at, received_at)
+    VALUES (%s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz)
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING log_level
+"""
+
+ADD_COUNTS = """
+    INSERT INTO log_counts (writer, log_level, n) VALUES (%s, %s, %s)
+    ON CONFLICT (writer, log_level) DO UPDATE SET n = log_counts.n + EXCLUDED.n
+"""
+
+
+def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> Counter[str]:
+    """Insert rows and commit; returns how many were new, per level.
+
+    Rows whose stream id is already stored are skipped, so a batch redelivered
+    after a crash between commit and XACK stores nothing twice. The per-level
+    totals move in the same transaction, keyed by `writer` so that concurrent
+    drains never update the same counter row.
+    """
+    inserted: Counter[str] = Counter()
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(INSERT_LOG, rows, returning=True)
+        while True:
+            for (level,) in cur.fetchall():
+                inserted[level] += 1
+            if not cur.nextset():
+                break
+        if inserted:
+            cur.executemany(ADD_COUNTS, [(writer, level, n) for level, n in sorted(inserted.items())])
+    return inserted
+
+
+def device_logs(conn: psycopg.Connection, device_id: str, limit: int) -> list[dict]:
+    """A device's newest logs first, with the seed's fields."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            SELECT id, device_id, log_level, message, log_data, created_at
+            FROM logs WHERE device_id = %s
+            ORDER BY created_at DESC, id DESC
+            LIMIT %s
+            """,
+            (device_id, limit),
+        )
+        return cur.fetchall()
+
+
+def table_stats(conn: psycopg.Connection, recent_window: int = 1000, recent_devices: int = 10) -> dict:
+    """Totals from log_counts and the devices seen in the newest rows: no table scan."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT log_level, sum(n)::bigint FROM log_counts GROUP BY log_level")
+        by_level = dict.fromkeys(LEVELS, 0)
+        by_level.update((level, int(n)) for level, n in cur.fetchall())
+        cur.execute(
+            """
+            SELECT device_id FROM (
+                SELECT device_id, id FROM logs ORDER BY id DESC LIMIT %s
+            ) AS newest
+            GROUP BY device_id ORDER BY max(id) DESC LIMIT %s
+            """,
+            (recent_window, recent_devices),
+        )
+        devices = [device_id for (device_id,) in cur.fetchall()]
+    return {"total_logs": sum(by_level.values()), "logs_by_level": by_level, "recent_devices": devices}
+
+
+def ping(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT 1")

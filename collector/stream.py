@@ -1,0 +1,97 @@
+"""The Redis Stream between the API and the drain: entry codec, producer, group.
+
+One stream entry per log, with short field names and values kept as text, so
+the API does no JSON work beyond `log_data` and the drain hands the values to
+PostgreSQL without decoding JSON at all. Entries are never trimmed here: the
+seed's MAXLEN dropped backlog that had not been stored yet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Sequence
+
+import redis
+
+# Field names in the stream entry; short because every entry repeats them.
+DEVICE, LEVEL, MESSAGE, DATA, CREATED, RECEIVED = b"d", b"l", b"m", b"j", b"t", b"r"
+
+# The row a decoded entry becomes, in the column order of storage.INSERT_LOG.
+Row = tuple[str, str, str, str, "str | None", str, str]
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that is not one of ours (missing or undecodable fields)."""
+
+
+def encode_entry(log: dict, received_at: dt.datetime) -> dict[bytes, bytes | str]:
+    """Stream fields for one validated log (the output of schemas.log_schema().load)."""
+    received = received_at.isoformat()
+    timestamp = log.get("timestamp")
+    fields: dict[bytes, bytes | str] = {
+        DEVICE: log["device_id"],
+        LEVEL: log["log_level"],
+        MESSAGE: log["message"],
+        CREATED: timestamp.isoformat() if timestamp is not None else received,
+        RECEIVED: received,
+    }
+    if log.get("log_data") is not None:
+        fields[DATA] = log["log_data"]  # already compact JSON bytes
+    return fields
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Row:
+    """The `logs` row for one stream entry; raises MalformedEntry if it is not ours."""
+    try:
+        data = fields.get(DATA)
+        return (
+            entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            fields[DEVICE].decode(),
+            fields[LEVEL].decode(),
+            fields[MESSAGE].decode(),
+            data.decode() if data is not None else None,
+            fields[CREATED].decode(),
+            fields[RECEIVED].decode(),
+        )
+    except (KeyError, UnicodeDecodeError, AttributeError) as exc:
+        raise MalformedEntry(f"entry {entry_id!r}: {exc!r}") from None
+
+
+def append(client: redis.Redis, stream: str, entries: Sequence[dict]) -> list[str]:
+    """XADD each entry, all in one pipelined round trip; returns the entry ids in order."""
+    if len(entries) == 1:
+        return [client.xadd(stream, entries[0]).decode()]
+    pipe = client.pipeline(transaction=False)
+    for fields in entries:
+        pipe.xadd(stream, fields)
+    return [entry_id.decode() for entry_id in pipe.execute()]
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) unless it exists; safe to call often.
+
+    The group starts at id 0 so entries added before it existed are still drained.
+    """
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
+    """Stream length, entries delivered but not acknowledged (pending), and entries
+    not yet delivered to the group (lag)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(stream)
+    pipe.xinfo_groups(stream)
+    try:
+        length, groups = pipe.execute()
+    except redis.ResponseError as exc:  # no such stream yet
+        if "no such key" not in str(exc).lower():
+            raise
+        return {"stream_length": 0, "pending": 0, "lag": 0}
+    info = next((g for g in groups if g["name"].decode() == group), None)
+    if info is None:
+        return {"stream_length": length, "pending": 0, "lag": length}
+    return {"stream_length": length, "pending": info["pending"], "lag": info.get("lag")}

@@ -1,0 +1,23 @@
+"""Gunicorn settings for the API (every value can be overridden by GUNICORN_* style env below).
+
+gevent workers: ingest is I/O-bound (one Redis round trip per request), so one
+process serves hundreds of concurrent device connections.
+"""
+
+import os
+
+wsgi_app = "collector.app:create_app()"
+bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8001')}")
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
+# Longer than nginx's upstream keepalive_timeout so nginx, not us, closes idle connections.
+keepalive = 75
+timeout = 30
+graceful_timeout = 20
+backlog = 2048
+accesslog = os.environ.get("ACCESS_LOG") or None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+proc_name = f"collector-api-{os.environ.get('INSTANCE_NAME', 'api')}"

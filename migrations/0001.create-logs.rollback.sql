@@ -1,0 +1,2 @@
+DROP TABLE log_counts;
+DROP TABLE logs;

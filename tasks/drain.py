@@ -1,0 +1,59 @@
+"""The drain task and its beat schedule.
+
+Beat sends `drain_stream` every DRAIN_INTERVAL seconds (with an expiry shorter
+than the interval, so ticks never pile up while workers are busy or down). A
+run stores one batch of up to BATCH_SIZE entries; when the batch was full it
+sends itself again at once, so throughput is bound by the workers, not by the
+tick, and an idle system costs one XREADGROUP per tick.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import redis
+from celery import shared_task
+from celery.utils.log import current_process_index
+from psycopg_pool import PoolTimeout
+
+from collector.drain import drain_batch
+from collector.settings import load_settings
+from tasks import resources
+
+settings = load_settings()
+
+# Transient trouble only: anything else is a bug and should be seen, not retried.
+TRANSIENT_ERRORS = (psycopg.OperationalError, PoolTimeout, redis.ConnectionError, redis.TimeoutError)
+
+BEAT_SCHEDULE = {
+    "drain-stream": {
+        "task": "tasks.drain.drain_stream",
+        "schedule": settings.drain_interval,
+        "options": {"expires": settings.drain_interval * 0.9},
+    },
+}
+
+
+def consumer_name(worker_hostname: str | None) -> str:
+    """Stable across restarts of the same worker (node name + pool process index), so a
+    restarted process finds and finishes the entries its predecessor left pending."""
+    return f"{worker_hostname or settings.instance_name}-{current_process_index() or 0}"
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=120,
+    soft_time_limit=100,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=3,
+)
+def drain_stream(self) -> int:
+    client, pool = resources.backends(settings)
+    with pool.connection() as conn:
+        result = drain_batch(client, conn, settings, consumer_name(self.request.hostname))
+    if result.full:
+        drain_stream.apply_async()
+    return result.read
