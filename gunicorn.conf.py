@@ -21,3 +21,6 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = f"collector-api-{os.environ.get('INSTANCE_NAME', 'api')}"
+# Gunicorn >= 27 opens a control socket at a fixed path by default; two API
+# instances on one host would fight over it, and we do not use it.
+control_socket_disable = True
