@@ -40,9 +40,12 @@ def migrate(database_url: str) -> list[str]:
     create_database_if_missing(database_url)
     backend = get_backend(yoyo_url(database_url))
     migrations = read_migrations(str(MIGRATIONS))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+    try:
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+    finally:
+        backend.connection.close()
     return [m.id for m in pending]
 
 

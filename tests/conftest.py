@@ -1,0 +1,108 @@
+"""Fixtures against the machine's real Redis and PostgreSQL, isolated per test run.
+
+Every run gets its own database (collector_test_<id>, built with the real
+migrations and dropped afterwards) and its own Redis key prefix (every key the
+collector, Celery and the tests touch starts with it, and all are deleted at
+the end), so the suite never reads or changes a user's data. Addresses come
+from TEST_REDIS_URL / TEST_DATABASE_URL, defaulting to the local servers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+from collector.app import create_app
+from collector.migrate import migrate
+from collector.settings import Settings, load_settings
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def database_url(name: str) -> str:
+    """ADMIN_DATABASE_URL with another database name (settings want a URL)."""
+    return urlunsplit(urlsplit(ADMIN_DATABASE_URL)._replace(path=f"/{name}"))
+
+
+def _admin(statement: sql.Composable) -> None:
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def test_database(run_id: str):
+    """A fresh database with the migrations applied, dropped after the run."""
+    name = f"collector_test_{run_id}"
+    url = database_url(name)
+    migrate(url)
+    yield url
+    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def key_prefix(run_id: str):
+    prefix = f"test:{run_id}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    # kombu also keeps a few keys under the prefix with its own separators
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_settings(test_database: str, key_prefix: str) -> Settings:
+    return load_settings(
+        {},
+        redis_url=REDIS_URL,
+        database_url=test_database,
+        key_prefix=key_prefix,
+        instance_name="pytest",
+    )
+
+
+@pytest.fixture
+def settings(base_settings: Settings, request) -> Settings:
+    """Per-test stream key, so tests never see each other's entries."""
+    return dataclasses.replace(base_settings, stream_key=f"logs:stream:{request.node.name}:{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def redis_client(settings: Settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db(base_settings: Settings):
+    """A connection to the test database with empty tables."""
+    with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE logs, log_counts RESTART IDENTITY")
+        yield conn
+
+
+@pytest.fixture
+def app(settings: Settings, db):
+    app = create_app(settings)
+    yield app
+    app.extensions["collector"].db.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,107 @@
+"""What validation accepts must be storable; what it rejects must name the field."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from marshmallow import ValidationError
+
+from collector.schemas import batch_schema, log_schema, query_args_schema
+
+LOG = log_schema(10_000, 16_384)
+BATCH = batch_schema(1000, 10_000, 16_384)
+
+
+def good(**changes):
+    return {"device_id": "device_001", "log_level": "INFO", "message": "boot ok", **changes}
+
+
+def errors_of(schema, payload) -> dict:
+    with pytest.raises(ValidationError) as info:
+        schema.load(payload)
+    return info.value.messages
+
+
+def test_minimal_log_loads_with_defaults():
+    log = LOG.load(good())
+    assert log == {"device_id": "device_001", "log_level": "INFO", "message": "boot ok",
+                   "log_data": None, "timestamp": None}
+
+
+def test_level_is_normalised_to_upper_case():
+    assert LOG.load(good(log_level="warning"))["log_level"] == "WARNING"
+
+
+@pytest.mark.parametrize("field", ["device_id", "log_level", "message"])
+def test_required_fields_are_named(field):
+    payload = good()
+    del payload[field]
+    assert field in errors_of(LOG, payload)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("device_id", ""),
+        ("device_id", "a" * 101),
+        ("device_id", "has space"),
+        ("device_id", "../etc"),
+        ("device_id", 42),
+        ("log_level", "TRACE"),
+        ("log_level", None),
+        ("message", ""),
+        ("message", "x" * 10_001),
+        ("message", "nul\x00inside"),
+        ("message", ["not", "a", "string"]),
+        ("log_data", "not an object"),
+        ("log_data", [1, 2]),
+        ("log_data", {"k": "nul\x00"}),
+        ("log_data", {"nul\x00key": 1}),
+        ("log_data", {"blob": "x" * 20_000}),
+        ("timestamp", "yesterday"),
+        ("timestamp", "2024-13-01T00:00:00"),
+        ("timestamp", 1700000000),
+        ("timestamp", "0001-01-01T00:00:00+05:00"),
+    ],
+)
+def test_bad_values_are_rejected_by_field(field, value):
+    assert field in errors_of(LOG, good(**{field: value}))
+
+
+def test_unknown_fields_are_rejected():
+    assert "colour" in errors_of(LOG, good(colour="red"))
+
+
+def test_log_data_becomes_compact_json_and_keeps_escaped_backslashes():
+    log = LOG.load(good(log_data={"path": "C:\\u0000dir", "n": 1}))
+    assert log["log_data"] == b'{"path":"C:\\\\u0000dir","n":1}'
+
+
+def test_timestamps_are_normalised_to_utc():
+    log = LOG.load(good(timestamp="2024-01-01T02:00:00+02:00"))
+    assert log["timestamp"] == dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    naive = LOG.load(good(timestamp="2024-01-01T00:00:00"))
+    assert naive["timestamp"].tzinfo == dt.timezone.utc
+
+
+def test_batch_error_names_index_and_field():
+    messages = errors_of(BATCH, {"logs": [good(), good(log_level="LOUD"), good(message="")]})
+    assert set(messages["logs"]) == {1, 2}
+    assert "log_level" in messages["logs"][1]
+    assert "message" in messages["logs"][2]
+
+
+@pytest.mark.parametrize("payload", [{"logs": []}, {"logs": [good()] * 1001}, {}, {"logs": "x"}])
+def test_batch_size_and_shape(payload):
+    assert "logs" in errors_of(BATCH, payload)
+
+
+@pytest.mark.parametrize("raw, ok", [({}, 100), ({"limit": "5"}, 5), ({"limit": "0"}, None),
+                                     ({"limit": "1001"}, None), ({"limit": "x"}, None)])
+def test_query_limit(raw, ok):
+    schema = query_args_schema(1000)
+    if ok is None:
+        assert "limit" in errors_of(schema, raw)
+    else:
+        assert schema.load(raw)["limit"] == ok
