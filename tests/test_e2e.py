@@ -1,0 +1,149 @@
+"""The whole stack as real processes: nginx -> two Gunicorn/gevent APIs -> Redis Stream
+-> Celery worker driven by beat -> PostgreSQL, and back out through the query API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+import requests
+
+from tests.processes import BIN, ROOT, Process, free_port, wait_http_ok, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+DEVICES = 100
+LOGS_PER_DEVICE = 100
+BATCH = 20
+SINGLES = 500
+
+
+@pytest.fixture(scope="module")
+def stack(base_settings, tmp_path_factory):
+    if not (os.path.exists("/usr/sbin/nginx") or os.path.exists("/usr/bin/nginx")):
+        pytest.fail("nginx is required for the end-to-end tests: apt-get install -y nginx")
+    logs = tmp_path_factory.mktemp("stack")
+    api_ports = [free_port(), free_port()]
+    front = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": base_settings.redis_url,
+        "DATABASE_URL": base_settings.database_url,
+        "KEY_PREFIX": base_settings.key_prefix + "e2e:",
+        "DRAIN_INTERVAL": "0.5",
+        "BEAT_SCHEDULE_FILE": str(logs / "beat-schedule"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE logs, log_counts RESTART IDENTITY")
+    procs = [
+        Process(f"api{i + 1}", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
+                {**env, "PORT": str(port), "INSTANCE_NAME": f"api{i + 1}", "WEB_CONCURRENCY": "1"}, logs)
+        for i, port in enumerate(api_ports)
+    ]
+    procs.append(Process("worker", [str(BIN / "celery"), "-A", "tasks.celery_app", "worker", "-n", "e2e@%h",
+                                    "--concurrency", "2", "--loglevel", "INFO"],
+                         {**env, "INSTANCE_NAME": "e2e-worker"}, logs))
+    procs.append(Process("beat", [str(BIN / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel", "INFO"],
+                         {**env, "INSTANCE_NAME": "e2e-beat"}, logs))
+    procs.append(Process("nginx", [sys.executable, str(ROOT / "nginx" / "run_local.py")],
+                         {**env, "API1_ADDR": f"127.0.0.1:{api_ports[0]}", "API2_ADDR": f"127.0.0.1:{api_ports[1]}",
+                          "LISTEN": f"127.0.0.1:{front}", "NGINX_STATE_DIR": str(logs / "nginx")}, logs))
+    url = f"http://127.0.0.1:{front}"
+    try:
+        for port in api_ports:
+            wait_http_ok(f"http://127.0.0.1:{port}/health")
+        wait_http_ok(f"{url}/health")
+        yield {"url": url, "procs": {p.name: p for p in procs}, "db": base_settings.database_url}
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        for p in procs:
+            if p.name in ("worker", "beat"):
+                sys.stderr.write(f"--- {p.name} (tail) ---\n{p.output()[-3000:]}\n")
+
+
+def db_count(url: str, where: str = "", params: tuple = ()) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT count(*) FROM logs {where}", params).fetchone()[0]
+
+
+def post_device(url: str, device: int) -> list[str]:
+    """One device: its logs in batches, then its share of single logs."""
+    ids: list[str] = []
+    with requests.Session() as http:
+        for start in range(0, LOGS_PER_DEVICE, BATCH):
+            logs = [{"device_id": f"dev-{device:03d}", "log_level": ("INFO", "ERROR", "DEBUG")[i % 3],
+                     "message": f"batch log {start + i}", "log_data": {"seq": start + i}} for i in range(BATCH)]
+            response = http.post(f"{url}/api/logs/batch", json={"logs": logs}, timeout=30)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["status"] == "queued" and body["count"] == BATCH
+            ids += body["message_ids"]
+        for n in range(SINGLES // DEVICES):
+            response = http.post(f"{url}/api/log", json={"device_id": f"dev-{device:03d}", "log_level": "WARNING",
+                                                         "message": f"single {n}"}, timeout=30)
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["message_id"])
+    return ids
+
+
+def test_every_accepted_log_is_stored_exactly_once_and_queryable(stack):
+    url, database = stack["url"], stack["db"]
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        accepted = [i for ids in pool.map(lambda d: post_device(url, d), range(DEVICES)) for i in ids]
+    expected = DEVICES * LOGS_PER_DEVICE + SINGLES
+    assert len(accepted) == len(set(accepted)) == expected
+
+    wait_until(lambda: db_count(database) >= expected, 180, f"{expected} rows in PostgreSQL", interval=0.5)
+    with psycopg.connect(database) as conn:
+        stored = [r[0] for r in conn.execute("SELECT stream_id FROM logs")]
+    assert len(stored) == expected
+    assert set(stored) == set(accepted)  # every 2xx'd log, each exactly once
+
+    page = requests.get(f"{url}/api/logs/dev-007?limit=1000", timeout=10).json()
+    assert page["total"] == LOGS_PER_DEVICE + SINGLES // DEVICES
+    times = [row["created_at"] for row in page["data"]]
+    assert times == sorted(times, reverse=True)
+
+    # A newly persisted log shows in the very next query, cache or not.
+    requests.get(f"{url}/api/logs/dev-007?limit=5", timeout=10)
+    new_id = requests.post(f"{url}/api/log", json={"device_id": "dev-007", "log_level": "CRITICAL",
+                                                   "message": "the newest"}, timeout=10).json()["message_id"]
+    wait_until(lambda: db_count(database, "WHERE stream_id = %s", (new_id,)) == 1, 60, "the new log to persist")
+    newest = requests.get(f"{url}/api/logs/dev-007?limit=5", timeout=10).json()
+    assert newest["data"][0]["message"] == "the newest"
+
+    # Once idle, the stats agree with the table.
+    def idle_stats():
+        stats = requests.get(f"{url}/api/stats", timeout=10).json()
+        return stats if stats["pipeline"]["pending"] == 0 and stats["pipeline"]["lag"] == 0 else None
+
+    stats = wait_until(idle_stats, 60, "an idle pipeline")
+    with psycopg.connect(database) as conn:
+        by_level = dict(conn.execute("SELECT log_level, count(*) FROM logs GROUP BY 1").fetchall())
+    assert stats["total_logs"] == expected + 1 == stats["pipeline"]["persisted"]
+    assert {k: v for k, v in stats["logs_by_level"].items() if v} == by_level
+    assert "dev-007" in stats["recent_devices"]
+
+
+def test_bad_requests_through_nginx_are_json_and_change_nothing(stack):
+    url, database = stack["url"], stack["db"]
+    before = db_count(database)
+    cases = [
+        (requests.post, "/api/log", {"data": "{", "headers": {"Content-Type": "application/json"}}, 400),
+        (requests.post, "/api/log", {"data": "x", "headers": {"Content-Type": "text/plain"}}, 415),
+        (requests.post, "/api/log", {"json": {"device_id": "d"}}, 422),
+        (requests.post, "/api/logs/batch", {"json": {"logs": []}}, 422),
+        (requests.post, "/api/logs/batch", {"data": "x" * (2 * 1024 * 1024),
+                                            "headers": {"Content-Type": "application/json"}}, 413),
+    ]
+    for method, path, kwargs, status in cases:
+        response = method(f"{url}{path}", timeout=10, **kwargs)
+        assert response.status_code == status, (path, response.text)
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["error"]
+    assert db_count(database) == before

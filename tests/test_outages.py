@@ -1,0 +1,66 @@
+"""Redis going away and coming back, against a throwaway redis-server."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from collector.app import create_app
+from tests.processes import free_port, start_redis, wait_until
+
+pytestmark = pytest.mark.slow
+
+LOG = {"device_id": "dev-1", "log_level": "INFO", "message": "hello"}
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    yield port, server, tmp_path
+    server.stop()
+
+
+def test_redis_down_means_503_with_retry_after_and_recovery_without_restart(own_redis, base_settings, db):
+    port, server, tmp_path = own_redis
+    settings = dataclasses.replace(base_settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    app = create_app(settings)
+    client = app.test_client()
+    wait_until(lambda: client.post("/api/log", json=LOG).status_code == 200, 10, "ingest with Redis up")
+
+    server.stop()
+    for path, payload in (("/api/log", LOG), ("/api/logs/batch", {"logs": [LOG, LOG]})):
+        response = client.post(path, json=payload)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == str(settings.retry_after)
+        assert response.get_json()["error"] == "redis_unavailable"
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["checks"] == {"redis": False, "postgres": True}
+    assert "redis" in health.get_json()["errors"]
+
+    restarted = start_redis(port, tmp_path, name="redis-again")
+    try:
+        wait_until(lambda: client.post("/api/log", json=LOG).status_code == 200, 10, "ingest after Redis returns")
+        assert client.get("/health").status_code == 200
+    finally:
+        restarted.stop()
+        app.extensions["collector"].db.close()
+
+
+def test_database_down_does_not_stop_ingest(base_settings, settings, db):
+    broken = dataclasses.replace(settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none",
+                                 db_timeout=0.5)
+    app = create_app(broken)
+    client = app.test_client()
+    try:
+        assert client.post("/api/log", json=LOG).status_code == 200
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.get_json()["checks"] == {"redis": True, "postgres": False}
+        query = client.get("/api/logs/dev-1")
+        assert query.status_code == 503 and query.headers["Retry-After"]
+        assert query.get_json()["error"] == "database_unavailable"
+    finally:
+        app.extensions["collector"].db.close()
