@@ -12,13 +12,15 @@ import time
 import orjson
 from flask import Blueprint, request
 
-from collector import cache, storage, stream
+from collector import cache, counters, storage, stream
 from collector.app import backends, settings
-from collector.errors import ApiError
-from collector.schemas import DEVICE_ID_RE, LogOut, batch_schema, log_schema, query_args_schema
+from collector.errors import ApiError, Overloaded
+from collector.schemas import (DEVICE_ID_RE, DeadLetterOut, LogOut, batch_schema, dead_letter_args_schema,
+                               log_schema, query_args_schema)
 
 api = Blueprint("api", __name__)
 _log_out = LogOut(many=True)
+_dead_letter_out = DeadLetterOut(many=True)
 
 
 def _utcnow() -> dt.datetime:
@@ -38,12 +40,19 @@ def _json_body() -> object:
         raise ApiError(400, "malformed_json", f"The request body is not valid JSON: {exc}.") from None
 
 
+def _enqueue(logs: list[dict]) -> tuple[list[str], dt.datetime]:
+    b = backends()
+    if not b.gate.is_open(b.redis):
+        raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
+    received = _utcnow()
+    return stream.append(b.redis, settings(), [stream.encode_entry(log, received) for log in logs]), received
+
+
 @api.post("/api/log")
 def ingest_log():
     s = settings()
     log = log_schema(s.max_message_chars, s.max_log_data_bytes).load(_json_body())
-    received = _utcnow()
-    [entry_id] = stream.append(backends().redis, s.stream, [stream.encode_entry(log, received)])
+    [entry_id], received = _enqueue([log])
     return {"status": "queued", "message_id": entry_id, "received_at": received.isoformat()}
 
 
@@ -51,9 +60,7 @@ def ingest_log():
 def ingest_batch():
     s = settings()
     batch = batch_schema(s.max_batch_logs, s.max_message_chars, s.max_log_data_bytes).load(_json_body())
-    received = _utcnow()
-    entries = [stream.encode_entry(log, received) for log in batch["logs"]]
-    ids = stream.append(backends().redis, s.stream, entries)
+    ids, received = _enqueue(batch["logs"])
     return {"status": "queued", "count": len(ids), "message_ids": ids, "received_at": received.isoformat()}
 
 
@@ -82,13 +89,23 @@ def stats():
 
     def from_database() -> dict:
         with b.db.connection() as conn:
-            return storage.table_stats(conn)
+            return {**storage.table_stats(conn), "dead_lettered": storage.count_dead_letters(conn)}
 
     table, source = cache.cached(b.redis, s.key_prefix, cache.STATS_SCOPE, "table", s.stats_cache_ttl,
                                  from_database)
+    dead_lettered = table.pop("dead_lettered")
     pipeline = stream.pipeline_stats(b.redis, s.stream, s.consumer_group)
-    pipeline["persisted"] = table["total_logs"]
+    pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **counters.read(b.redis, s))
     return {**table, "pipeline": pipeline, "source": source}
+
+
+@api.get("/api/dead-letters")
+def dead_letters():
+    args = dead_letter_args_schema(settings().max_query_limit).load(request.args.to_dict())
+    with backends().db.connection() as conn:
+        rows = storage.list_dead_letters(conn, args["limit"], args["after_id"])
+        total = storage.count_dead_letters(conn)
+    return {"total": total, "data": _dead_letter_out.dump(rows)}
 
 
 @api.get("/health")

@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from flask.json.provider import JSONProvider
 from psycopg_pool import ConnectionPool
 
+from collector.backpressure import Gate
 from collector.clients import make_db_pool, make_redis
 from collector.errors import register_error_handlers
 from collector.logging_setup import configure_logging
@@ -33,6 +34,7 @@ class OrjsonProvider(JSONProvider):
 class Backends:
     redis: redis.Redis
     db: ConnectionPool
+    gate: Gate
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # Without waiting: the API must start, and keep accepting logs, while PostgreSQL is down.
     db.open(wait=False)
     atexit.register(db.close)
-    app.extensions["collector"] = Backends(redis=make_redis(settings), db=db)
+    app.extensions["collector"] = Backends(redis=make_redis(settings), db=db, gate=Gate(settings))
 
     register_error_handlers(app)
     from collector.api import api

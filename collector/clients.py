@@ -27,9 +27,14 @@ def make_redis(settings: Settings, timeout: float | None = None) -> redis.Redis:
     )
 
 
-def make_db_pool(settings: Settings, size: int, name: str) -> ConnectionPool:
+def make_db_pool(settings: Settings, size: int, name: str, check: bool = False) -> ConnectionPool:
     """An unopened pool; the caller opens it (without waiting, so a down database
-    does not stop a process from starting) and closes it at shutdown."""
+    does not stop a process from starting) and closes it at shutdown.
+
+    `check` tests each connection as it is handed out: the drain uses it so that,
+    while PostgreSQL is down, it fails before reading from the stream rather than
+    after, and entries are not redelivered (and counted) once per retry.
+    """
     return ConnectionPool(
         settings.database_url,
         min_size=1,
@@ -37,6 +42,8 @@ def make_db_pool(settings: Settings, size: int, name: str) -> ConnectionPool:
         timeout=settings.db_timeout,
         name=name,
         open=False,
-        kwargs={"application_name": name, "connect_timeout": max(1, int(settings.db_timeout))},
+        kwargs={"application_name": name, "autocommit": True,
+                "connect_timeout": max(1, int(settings.db_timeout))},
+        check=ConnectionPool.check_connection if check else None,
         reconnect_timeout=0,  # keep trying for ever: the database may come back
     )

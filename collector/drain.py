@@ -1,10 +1,16 @@
-"""Moving one batch from the stream into PostgreSQL: read, insert, commit, then ack.
+"""Moving one batch from the stream into PostgreSQL: read, store, commit, then ack.
 
 The order is the delivery guarantee. Entries stay pending in the consumer
-group until their rows are committed; only then are they acknowledged, in one
-XACK. A crash anywhere before the XACK leaves them pending, and the next run
-of the same consumer reads its pending entries first and re-inserts them,
-which ON CONFLICT turns into no-ops: nothing is lost and nothing is stored twice.
+group until their rows are committed (or their dead letters are); only then
+are they acknowledged, in one XACK. A crash anywhere before the XACK leaves
+them pending: the same consumer reads its pending entries first when it comes
+back, and a live worker reclaims those of a consumer that never comes back
+(XAUTOCLAIM). Re-inserting them is harmless, because ON CONFLICT on the stream
+id turns it into a no-op. So nothing is lost and nothing is stored twice.
+
+Nothing is dropped silently either: an entry that is not ours, that PostgreSQL
+rejects, or that keeps being delivered without ever being stored goes to the
+dead_letters table with the reason, and is acknowledged only once it is there.
 """
 
 from __future__ import annotations
@@ -16,68 +22,137 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
-from collector import cache, storage
+from collector import cache, counters, storage
 from collector.settings import Settings
-from collector.stream import decode_entry, ensure_group
+from collector.stream import MalformedEntry, decode_entry, ensure_group
 
 log = logging.getLogger(__name__)
+
+Entry = tuple[bytes, dict]
 
 
 @dataclass(frozen=True)
 class DrainResult:
     read: int
     inserted: int
+    dead_lettered: int
     seconds: float
     full: bool  # a full batch means more entries are probably waiting
+    source: str = "new"  # new | own-pending | reclaimed
 
     @property
     def duplicates(self) -> int:
-        return self.read - self.inserted
+        return self.read - self.inserted - self.dead_lettered
 
 
-def read_batch(client: redis.Redis, settings: Settings, consumer: str) -> list[tuple[bytes, dict]]:
-    """Up to BATCH_SIZE entries: this consumer's unacknowledged ones first, then new ones."""
-    for start in ("0", ">"):
-        try:
-            reply = client.xreadgroup(
-                settings.consumer_group, consumer, {settings.stream: start}, count=settings.batch_size
-            )
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            # The stream or group is gone (a fresh or flushed Redis): recreate and read new entries.
-            ensure_group(client, settings.stream, settings.consumer_group)
-            continue
-        entries = reply[0][1] if reply else []
-        if entries:
-            return entries
-    return []
+def _xreadgroup(client: redis.Redis, settings: Settings, consumer: str, start: str) -> list[Entry]:
+    try:
+        reply = client.xreadgroup(settings.consumer_group, consumer, {settings.stream: start},
+                                  count=settings.batch_size)
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        # The stream or group is gone (a fresh or flushed Redis): recreate it; nothing to read yet.
+        ensure_group(client, settings.stream, settings.consumer_group)
+        return []
+    entries = reply[0][1] if reply else []
+    _ack_vanished(client, settings, [entry_id for entry_id, fields in entries if fields is None])
+    return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+
+
+def _ack_vanished(client: redis.Redis, settings: Settings, ids: list[bytes]) -> None:
+    """Pending ids whose entries no longer exist (deleted outside the collector): nothing
+    is left to store, so say so loudly and stop redelivering them."""
+    if ids:
+        log.error("pending entries were deleted from the stream before being stored",
+                  extra={"ids": [i.decode() for i in ids]})
+        client.xack(settings.stream, settings.consumer_group, *ids)
+
+
+def _reclaim(client: redis.Redis, settings: Settings, consumer: str) -> list[Entry]:
+    """Entries idle too long on another consumer (a worker that died): take them over."""
+    try:
+        _, entries, deleted = client.xautoclaim(
+            settings.stream, settings.consumer_group, consumer,
+            min_idle_time=int(settings.claim_idle_seconds * 1000), start_id="0-0", count=settings.batch_size)
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        return []
+    _ack_vanished(client, settings, list(deleted))
+    return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+
+
+def read_batch(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
+    """Up to BATCH_SIZE entries, from the first source that has any: this consumer's
+    unacknowledged entries, entries reclaimed from dead consumers, then new entries."""
+    entries = _xreadgroup(client, settings, consumer, "0")
+    if entries:
+        return entries, "own-pending"
+    entries = _reclaim(client, settings, consumer)
+    if entries:
+        return entries, "reclaimed"
+    return _xreadgroup(client, settings, consumer, ">"), "new"
+
+
+def _delivery_counts(client: redis.Redis, settings: Settings, consumer: str, entries: list[Entry]) -> dict:
+    pending = client.xpending_range(settings.stream, settings.consumer_group, min=entries[0][0],
+                                    max=entries[-1][0], count=len(entries), consumername=consumer)
+    return {p["message_id"]: p["times_delivered"] for p in pending}
+
+
+def payload_of(fields: dict) -> dict:
+    """An entry's fields as JSON-able text for the dead-letter store (NULs escaped, which jsonb refuses)."""
+    def text(value: bytes) -> str:
+        return value.decode("utf-8", "backslashreplace").replace("\x00", "\\u0000")
+
+    return {text(k): text(v) for k, v in fields.items()}
 
 
 def drain_batch(
     client: redis.Redis, conn: psycopg.Connection, settings: Settings, consumer: str
 ) -> DrainResult:
-    """Store one batch and acknowledge it; returns what was read and newly inserted."""
+    """Store one batch and acknowledge it; returns what was read, inserted and dead-lettered."""
     started = time.perf_counter()
-    entries = read_batch(client, settings, consumer)
+    entries, source = read_batch(client, settings, consumer)
     if not entries:
-        return DrainResult(0, 0, time.perf_counter() - started, full=False)
-    rows = [decode_entry(entry_id, fields) for entry_id, fields in entries]
-    inserted = storage.insert_logs(conn, rows, writer=consumer)
+        return DrainResult(0, 0, 0, time.perf_counter() - started, full=False, source=source)
 
+    deliveries = _delivery_counts(client, settings, consumer, entries) if source != "new" else {}
+    letters: list[tuple[str, dict, str, int]] = []
+    rows, fields_by_id = [], {}
+    for entry_id, fields in entries:
+        count = deliveries.get(entry_id, 1)
+        if count > settings.max_deliveries:
+            letters.append((entry_id.decode(), payload_of(fields),
+                            f"delivered {count} times without being stored (max {settings.max_deliveries})", count))
+            continue
+        try:
+            rows.append(decode_entry(entry_id, fields))
+            fields_by_id[rows[-1][0]] = fields
+        except MalformedEntry as exc:
+            letters.append((entry_id.decode(), payload_of(fields), f"malformed entry: {exc}", count))
+
+    outcome = storage.store_rows(conn, rows, writer=consumer)
+    for row, error in outcome.rejected:
+        letters.append((row[0], payload_of(fields_by_id[row[0]]), f"rejected by PostgreSQL: {error}",
+                        deliveries.get(row[0].encode(), 1)))
+    if letters:
+        storage.add_dead_letters(conn, letters)
+        log.warning("dead-lettered entries", extra={"entries": [(i, reason) for i, _, reason, _ in letters]})
+
+    inserted = sum(outcome.inserted.values())
     devices = {row[1] for row in rows}
     pipe = client.pipeline(transaction=False)
     cache.invalidate(pipe, settings.key_prefix, [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
+    counters.add_drained(pipe, settings, duplicates=len(rows) - inserted - len(outcome.rejected))
     pipe.xack(settings.stream, settings.consumer_group, *[entry_id for entry_id, _ in entries])
     pipe.execute()
 
-    result = DrainResult(
-        len(entries), sum(inserted.values()), time.perf_counter() - started,
-        full=len(entries) >= settings.batch_size,
-    )
-    log.info(
-        "drained batch",
-        extra={"read": result.read, "inserted": result.inserted, "duplicates": result.duplicates,
-               "seconds": round(result.seconds, 4), "consumer": consumer},
-    )
+    result = DrainResult(len(entries), inserted, len(letters), time.perf_counter() - started,
+                         full=len(entries) >= settings.batch_size, source=source)
+    log.info("drained batch", extra={
+        "read": result.read, "inserted": result.inserted, "duplicates": result.duplicates,
+        "dead_lettered": result.dead_lettered, "source": source, "seconds": round(result.seconds, 4),
+        "consumer": consumer})
     return result

@@ -12,9 +12,11 @@ import logging
 import psycopg
 import psycopg_pool
 import redis
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
+
+from collector import counters
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,15 @@ class Unavailable(ApiError):
         super().__init__(503, f"{backend}_unavailable", f"{backend} is unavailable ({detail}); retry later")
 
 
+class Overloaded(ApiError):
+    """The backlog is over the high-water mark: 503 with Retry-After until it drains."""
+
+    def __init__(self, backlog: int, memory_ratio: float) -> None:
+        super().__init__(503, "overloaded",
+                         f"The collector is overloaded ({backlog} logs waiting to be stored, Redis memory at "
+                         f"{memory_ratio:.0%}); retry later")
+
+
 def error_response(status: int, error: str, message: str, fields: dict | None = None, retry_after: int = 0):
     body = {"error": error, "message": message}
     if fields is not None:
@@ -43,16 +54,29 @@ def error_response(status: int, error: str, message: str, fields: dict | None = 
     return response
 
 
+INGEST_ENDPOINTS = {"api.ingest_log", "api.ingest_batch"}
+
+
+def _count_if_rejected_log(status: int, error: str) -> None:
+    """Rejected ingest requests are part of the pipeline's accounting (by reason)."""
+    if 400 <= status < 500 and request.endpoint in INGEST_ENDPOINTS:
+        from collector.app import backends, settings
+
+        counters.add_rejected(backends().redis, settings(), error)
+
+
 def register_error_handlers(app: Flask) -> None:
     retry_after = app.config["SETTINGS"].retry_after
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
+        _count_if_rejected_log(exc.status, exc.error)
         return error_response(exc.status, exc.error, exc.message, exc.fields,
                               retry_after if exc.status == 503 else 0)
 
     @app.errorhandler(ValidationError)
     def validation_error(exc: ValidationError):
+        _count_if_rejected_log(422, "validation_failed")
         return error_response(422, "validation_failed", "The request body or query is invalid; see fields.",
                               _stringify_keys(exc.messages))
 
@@ -73,6 +97,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         name = (exc.name or "error").lower().replace(" ", "_")
+        _count_if_rejected_log(exc.code or 500, name)
         return error_response(exc.code or 500, name, exc.description or exc.name)
 
     @app.errorhandler(Exception)

@@ -138,3 +138,29 @@ def query_args_schema(max_limit: int) -> Schema:
         limit = fields.Integer(load_default=min(100, max_limit), validate=validate.Range(min=1, max=max_limit))
 
     return QueryArgs()
+
+
+class DeadLetterOut(Schema):
+    """A dead letter as GET /api/dead-letters returns it."""
+
+    id = fields.Integer()
+    stream_id = fields.String()
+    payload = fields.Raw()
+    reason = fields.String()
+    delivery_count = fields.Integer()
+    first_failed_at = fields.DateTime()
+    last_failed_at = fields.DateTime()
+
+
+@lru_cache(maxsize=8)
+def dead_letter_args_schema(max_limit: int) -> Schema:
+    """Query string of GET /api/dead-letters: a page of `limit` after id `after_id`."""
+
+    class DeadLetterArgs(Schema):
+        class Meta:
+            unknown = RAISE
+
+        limit = fields.Integer(load_default=min(100, max_limit), validate=validate.Range(min=1, max=max_limit))
+        after_id = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+    return DeadLetterArgs()

@@ -87,6 +87,27 @@ class Settings:
     drain_interval: float = _setting(
         "DRAIN_INTERVAL", 1.0, _float(0.05),
         "Seconds between beat-scheduled drain runs; a run that finds a full batch re-triggers itself.")
+    claim_idle_seconds: float = _setting(
+        "CLAIM_IDLE_SECONDS", 60.0, _float(1.0),
+        "Entries pending this long on a consumer are reclaimed (XAUTOCLAIM) by a live worker.")
+    max_deliveries: int = _setting(
+        "MAX_DELIVERIES", 10, _int(1),
+        "Deliveries after which an entry that was never stored goes to dead_letters.")
+    trim_interval: float = _setting(
+        "TRIM_INTERVAL", 10.0, _float(0.1),
+        "Seconds between trims of acknowledged entries from the stream (never unacknowledged ones).")
+    backlog_high_water: int = _setting(
+        "BACKLOG_HIGH_WATER", 1_000_000, _int(1),
+        "Entries not yet stored (lag + pending) at which ingest starts answering 503.")
+    backlog_low_water: int = _setting(
+        "BACKLOG_LOW_WATER", 800_000, _int(0),
+        "Backlog below which ingest accepts again after a 503 period.")
+    redis_memory_high_water: float = _setting(
+        "REDIS_MEMORY_HIGH_WATER", 0.85, _float(0.01),
+        "Fraction of Redis maxmemory at which ingest answers 503 (ignored when maxmemory is 0).")
+    backpressure_check_interval: float = _setting(
+        "BACKPRESSURE_CHECK_INTERVAL", 0.5, _float(0.01),
+        "Seconds an API worker reuses its last backlog reading before asking Redis again.")
     instance_name: str = _setting(
         "INSTANCE_NAME", socket.gethostname(), _text,
         "Name this process reports in /health and uses for its stream consumer.")
@@ -153,7 +174,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         except ValueError as exc:
             raise SettingsError(f"{env}={raw!r} is not valid: {exc}") from None
     values.update(overrides)
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.backlog_low_water >= settings.backlog_high_water:
+        raise SettingsError("BACKLOG_LOW_WATER must be below BACKLOG_HIGH_WATER")
+    return settings
 
 
 def settings_table() -> str:

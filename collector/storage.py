@@ -8,10 +8,12 @@ all share this code.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from collector.schemas import LEVELS
 from collector.stream import Row
@@ -38,6 +40,8 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
     drains never update the same counter row.
     """
     inserted: Counter[str] = Counter()
+    if not rows:
+        return inserted
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(INSERT_LOG, rows, returning=True)
         while True:
@@ -48,6 +52,66 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
         if inserted:
             cur.executemany(ADD_COUNTS, [(writer, level, n) for level, n in sorted(inserted.items())])
     return inserted
+
+
+# Errors that belong to the rows themselves: retrying cannot help, isolating can.
+# Anything else (connection trouble, a missing table) is raised for the caller to retry.
+ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
+
+
+@dataclass
+class StoreOutcome:
+    inserted: Counter = field(default_factory=Counter)
+    rejected: list[tuple[Row, str]] = field(default_factory=list)
+
+
+def store_rows(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> StoreOutcome:
+    """insert_logs, isolating rows PostgreSQL rejects: the batch is split in halves until
+    each bad row stands alone, so every good row is committed and each bad one is
+    returned with the database's error. One bad row costs about 2*log2(n) retries."""
+    outcome = StoreOutcome()
+    pending = [list(rows)]
+    while pending:
+        part = pending.pop()
+        try:
+            outcome.inserted.update(insert_logs(conn, part, writer))
+        except ROW_ERRORS as exc:
+            if len(part) == 1:
+                outcome.rejected.append((part[0], f"{type(exc).__name__}: {exc}".strip()))
+            else:
+                middle = len(part) // 2
+                pending += [part[middle:], part[:middle]]
+    return outcome
+
+
+def add_dead_letters(conn: psycopg.Connection, letters: Sequence[tuple[str, dict, str, int]]) -> None:
+    """Record (stream_id, payload, reason, delivery_count); a repeat updates the reason and count."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO dead_letters (stream_id, payload, reason, delivery_count)
+            VALUES (%s, %s, %s, %s)
+            ON CONFLICT (stream_id) DO UPDATE SET
+                reason = EXCLUDED.reason, delivery_count = EXCLUDED.delivery_count, last_failed_at = now()
+            """,
+            [(stream_id, Jsonb(payload), reason, count) for stream_id, payload, reason, count in letters],
+        )
+
+
+def list_dead_letters(conn: psycopg.Connection, limit: int, after_id: int = 0) -> list[dict]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            SELECT id, stream_id, payload, reason, delivery_count, first_failed_at, last_failed_at
+            FROM dead_letters WHERE id > %s ORDER BY id LIMIT %s
+            """,
+            (after_id, limit),
+        )
+        return cur.fetchall()
+
+
+def count_dead_letters(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
 
 
 def device_logs(conn: psycopg.Connection, device_id: str, limit: int) -> list[dict]:

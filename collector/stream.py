@@ -13,6 +13,9 @@ from typing import Sequence
 
 import redis
 
+from collector import counters
+from collector.settings import Settings
+
 # Field names in the stream entry; short because every entry repeats them.
 DEVICE, LEVEL, MESSAGE, DATA, CREATED, RECEIVED = b"d", b"l", b"m", b"j", b"t", b"r"
 
@@ -57,14 +60,17 @@ def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Row:
         raise MalformedEntry(f"entry {entry_id!r}: {exc!r}") from None
 
 
-def append(client: redis.Redis, stream: str, entries: Sequence[dict]) -> list[str]:
-    """XADD each entry, all in one pipelined round trip; returns the entry ids in order."""
-    if len(entries) == 1:
-        return [client.xadd(stream, entries[0]).decode()]
-    pipe = client.pipeline(transaction=False)
+def append(client: redis.Redis, settings: Settings, entries: Sequence[dict]) -> list[str]:
+    """XADD each entry and count them as accepted, in one round trip; returns the ids in order.
+
+    MULTI/EXEC makes the batch all-or-nothing: if Redis refuses (out of memory), no
+    entry is added, so a client that retries after our 503 cannot create duplicates.
+    """
+    pipe = client.pipeline(transaction=True)
     for fields in entries:
-        pipe.xadd(stream, fields)
-    return [entry_id.decode() for entry_id in pipe.execute()]
+        pipe.xadd(settings.stream, fields)
+    counters.add_accepted(pipe, settings, len(entries))
+    return [entry_id.decode() for entry_id in pipe.execute()[: len(entries)]]
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
@@ -95,3 +101,58 @@ def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
     if info is None:
         return {"stream_length": length, "pending": 0, "lag": length}
     return {"stream_length": length, "pending": info["pending"], "lag": info.get("lag")}
+
+
+def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:
+    """(entries not yet stored, used_memory / maxmemory or 0.0 when unbounded), one round trip."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xinfo_groups(stream)
+    pipe.xlen(stream)
+    pipe.info("memory")
+    groups, length, memory = pipe.execute(raise_on_error=False)
+    if isinstance(groups, Exception):  # no stream yet
+        groups = []
+    if isinstance(length, Exception) or isinstance(memory, Exception):
+        raise length if isinstance(length, Exception) else memory
+    info = next((g for g in groups if g["name"].decode() == group), None)
+    if info is None:
+        backlog = length
+    elif info.get("lag") is None:  # Redis cannot tell (entries deleted mid-stream): be conservative
+        backlog = length
+    else:
+        backlog = info["lag"] + info["pending"]
+    maxmemory = memory.get("maxmemory", 0)
+    return backlog, (memory["used_memory"] / maxmemory) if maxmemory else 0.0
+
+
+def trim_acknowledged(client: redis.Redis, stream: str) -> int:
+    """Drop entries every consumer group has acknowledged; returns how many went.
+
+    The cut (MINID) is the oldest entry some group still needs: its oldest pending
+    entry, or the first one it has not been delivered yet. Entries below it were
+    delivered and acknowledged, and cannot become unacknowledged again, so this
+    never removes anything not yet stored. Approximate trimming (~) only ever
+    removes less, and costs much less.
+    """
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return 0  # no stream yet
+    if not groups:
+        return 0  # nobody consumes yet: keep everything
+    cuts = []
+    for group in groups:
+        pending = client.xpending(stream, group["name"])
+        if pending["pending"]:
+            cuts.append(_parse_id(pending["min"]))
+        else:
+            ms, seq = _parse_id(group["last-delivered-id"])
+            cuts.append((ms, seq + 1))
+    ms, seq = min(cuts)
+    return client.xtrim(stream, minid=f"{ms}-{seq}", approximate=True)
+
+
+def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

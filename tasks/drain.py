@@ -16,6 +16,7 @@ from celery.utils.log import current_process_index
 from psycopg_pool import PoolTimeout
 
 from collector.drain import drain_batch
+from collector.stream import trim_acknowledged
 from collector.settings import load_settings
 from tasks import resources
 
@@ -29,6 +30,11 @@ BEAT_SCHEDULE = {
         "task": "tasks.drain.drain_stream",
         "schedule": settings.drain_interval,
         "options": {"expires": settings.drain_interval * 0.9},
+    },
+    "trim-stream": {
+        "task": "tasks.drain.trim_stream",
+        "schedule": settings.trim_interval,
+        "options": {"expires": settings.trim_interval * 0.9},
     },
 }
 
@@ -57,3 +63,10 @@ def drain_stream(self) -> int:
     if result.full:
         drain_stream.apply_async()
     return result.read
+
+
+@shared_task(acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)
+def trim_stream() -> int:
+    """Keep Redis memory bounded: drop entries every group has acknowledged."""
+    client, _ = resources.backends(settings)
+    return trim_acknowledged(client, settings.stream)

@@ -76,9 +76,9 @@ def base_settings(test_database: str, key_prefix: str) -> Settings:
 
 
 @pytest.fixture
-def settings(base_settings: Settings, request) -> Settings:
-    """Per-test stream key, so tests never see each other's entries."""
-    return dataclasses.replace(base_settings, stream_key=f"logs:stream:{request.node.name}:{uuid.uuid4().hex[:6]}")
+def settings(base_settings: Settings) -> Settings:
+    """A per-test key prefix: stream, cache and counters of one test are its own."""
+    return dataclasses.replace(base_settings, key_prefix=f"{base_settings.key_prefix}{uuid.uuid4().hex[:8]}:")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ def enqueue(redis_client, settings, n: int, device: str = "dev-1") -> list[str]:
     now = dt.datetime.now(dt.timezone.utc)
     entries = [stream.encode_entry(SCHEMA.load({"device_id": device, "log_level": "INFO", "message": f"m{i}"}), now)
                for i in range(n)]
-    return stream.append(redis_client, settings.stream, entries)
+    return stream.append(redis_client, settings, entries)
 
 
 def count(db) -> int:
@@ -37,13 +37,13 @@ def test_batches_are_capped_and_everything_is_stored_once(redis_client, settings
 def test_crash_between_commit_and_ack_stores_nothing_twice(redis_client, settings, db):
     enqueue(redis_client, settings, 30)
     # A worker reads and commits, then dies before XACK: the entries stay pending.
-    entries = read_batch(redis_client, settings, "c1")
+    entries, _ = read_batch(redis_client, settings, "c1")
     storage.insert_logs(db, [stream.decode_entry(i, f) for i, f in entries], writer="c1")
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 30
 
     # The restarted worker (same consumer name) reads its pending entries first.
     result = drain_batch(redis_client, db, settings, "c1")
-    assert (result.read, result.inserted, result.duplicates) == (30, 0, 30)
+    assert (result.read, result.inserted, result.duplicates, result.source) == (30, 0, 30, "own-pending")
     assert count(db) == 30
     assert db.execute("SELECT count(DISTINCT stream_id) FROM logs").fetchone()[0] == 30
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0

@@ -1,0 +1,50 @@
+"""Pipeline accounting kept in Redis: accepted, rejected and duplicate-skipped logs.
+
+Persisted and dead-lettered logs are counted in PostgreSQL itself (log_counts,
+dead_letters), in the transactions that store them. Once the pipeline is idle:
+accepted = persisted + dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from collector.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _key(settings: Settings) -> str:
+    return settings.key("counters")
+
+
+def add_accepted(pipe: redis.client.Pipeline, settings: Settings, n: int) -> None:
+    """Queued on the same pipeline as the XADDs, so it costs no extra round trip."""
+    pipe.hincrby(_key(settings), "accepted", n)
+
+
+def add_rejected(client: redis.Redis, settings: Settings, reason: str) -> None:
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.hincrby(_key(settings), "rejected", 1)
+        pipe.hincrby(_key(settings), f"rejected:{reason}", 1)
+        pipe.execute()
+    except redis.RedisError:  # the rejection itself is what matters to the client
+        log.debug("could not count a rejection", exc_info=True)
+
+
+def add_drained(pipe: redis.client.Pipeline, settings: Settings, duplicates: int) -> None:
+    if duplicates:
+        pipe.hincrby(_key(settings), "duplicates_skipped", duplicates)
+
+
+def read(client: redis.Redis, settings: Settings) -> dict:
+    raw = {k.decode(): int(v) for k, v in client.hgetall(_key(settings)).items()}
+    return {
+        "accepted": raw.get("accepted", 0),
+        "rejected": raw.get("rejected", 0),
+        "rejected_by_reason": {k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("rejected:")},
+        "duplicates_skipped": raw.get("duplicates_skipped", 0),
+    }

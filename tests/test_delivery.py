@@ -1,0 +1,140 @@
+"""Delivery guarantees in-process against the real servers: poison, reclaim, dead
+letters and replay, back-pressure, trimming, and the accounting that ties them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from collector import stream
+from collector.deadletters import replay
+from collector.drain import drain_batch, read_batch
+from tests.test_drain import enqueue
+
+
+def good_fields(i: int, **changes) -> dict:
+    fields = {b"d": b"dev-1", b"l": b"INFO", b"m": f"m{i}".encode(), b"t": b"2026-01-01T00:00:00+00:00",
+              b"r": b"2026-01-01T00:00:00+00:00"}
+    fields.update(changes)
+    return fields
+
+
+def drain_all(redis_client, db, settings, consumer="c1"):
+    results = []
+    while True:
+        result = drain_batch(redis_client, db, settings, consumer)
+        results.append(result)
+        if not result.full:
+            return results
+
+
+def dead_letters(db) -> dict:
+    return {row[0]: row[1] for row in db.execute("SELECT stream_id, reason FROM dead_letters")}
+
+
+@pytest.fixture(autouse=True)
+def empty_dead_letters(db):
+    db.execute("TRUNCATE dead_letters")
+
+
+def test_poison_is_isolated_and_dead_lettered_with_the_reason(redis_client, settings, db):
+    stream.ensure_group(redis_client, settings.stream, settings.consumer_group)
+    ids = {}
+    for i in range(40):
+        fields = good_fields(i)
+        if i == 7:
+            fields[b"l"] = b"BOGUS"  # violates the level CHECK constraint
+        elif i == 23:
+            fields[b"t"] = b"not a time"  # PostgreSQL cannot parse it
+        elif i == 31:
+            fields = {b"foreign": b"entry"}  # not ours at all
+        ids[i] = redis_client.xadd(settings.stream, fields).decode()
+
+    [result] = drain_all(redis_client, db, settings)
+    assert (result.read, result.inserted, result.dead_lettered) == (40, 37, 3)
+    assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 37
+    letters = dead_letters(db)
+    assert set(letters) == {ids[7], ids[23], ids[31]}
+    assert "CheckViolation" in letters[ids[7]] and "log_level" in letters[ids[7]]
+    assert "rejected by PostgreSQL" in letters[ids[23]]
+    assert letters[ids[31]].startswith("malformed entry")
+    assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
+    payload = db.execute("SELECT payload FROM dead_letters WHERE stream_id = %s", (ids[31],)).fetchone()[0]
+    assert payload == {"foreign": "entry"}
+
+
+def test_entries_of_a_dead_consumer_are_reclaimed(redis_client, settings, db):
+    settings = dataclasses.replace(settings, claim_idle_seconds=1.0)
+    enqueue(redis_client, settings, 10)
+    read_batch(redis_client, settings, "worker-that-dies")  # delivered, never acknowledged
+    assert drain_batch(redis_client, db, settings, "live").read == 0  # not idle long enough yet
+    time.sleep(1.1)
+    result = drain_batch(redis_client, db, settings, "live")
+    assert (result.source, result.inserted) == ("reclaimed", 10)
+    assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered(redis_client, settings, db):
+    settings = dataclasses.replace(settings, max_deliveries=3)
+    [entry_id] = enqueue(redis_client, settings, 1)
+    for _ in range(3):  # three deliveries that each ended in a crash
+        read_batch(redis_client, settings, "c1")
+    result = drain_batch(redis_client, db, settings, "c1")  # the fourth delivery
+    assert (result.inserted, result.dead_lettered) == (0, 1)
+    assert "delivered 4 times" in dead_letters(db)[entry_id]
+
+
+def test_replay_after_a_fix_stores_the_logs_and_the_books_balance(client, redis_client, settings, db):
+    # A "bug" on the database side rejects some logs for a while.
+    db.execute("ALTER TABLE logs ADD CONSTRAINT no_secrets CHECK (message NOT LIKE '%secret%')")
+    try:
+        logs = [{"device_id": "d", "log_level": "INFO", "message": "secret" if i % 10 == 0 else f"ok {i}"}
+                for i in range(50)]
+        assert client.post("/api/logs/batch", json={"logs": logs}).status_code == 200
+        drain_all(redis_client, db, settings)
+        stats = client.get("/api/stats").get_json()["pipeline"]
+        assert (stats["accepted"], stats["persisted"], stats["dead_lettered"]) == (50, 45, 5)
+        listed = client.get("/api/dead-letters?limit=2").get_json()
+        assert listed["total"] == 5 and len(listed["data"]) == 2
+        assert "no_secrets" in listed["data"][0]["reason"]
+    finally:
+        db.execute("ALTER TABLE logs DROP CONSTRAINT no_secrets")  # the fix
+
+    assert len(replay(db, redis_client, settings, ids=None)) == 5
+    drain_all(redis_client, db, settings)
+    stats = client.get("/api/stats").get_json()["pipeline"]
+    assert (stats["accepted"], stats["persisted"], stats["dead_lettered"]) == (50, 50, 0)
+    assert db.execute("SELECT count(*) FROM logs WHERE message = 'secret'").fetchone()[0] == 5
+
+
+def test_backpressure_closes_at_high_water_and_reopens_below_low_water(app, redis_client, settings, db):
+    s = dataclasses.replace(settings, backlog_high_water=20, backlog_low_water=5, backpressure_check_interval=0.0)
+    app.config["SETTINGS"] = s
+    app.extensions["collector"].gate.settings = s
+    client = app.test_client()
+    log = {"device_id": "d", "log_level": "INFO", "message": "m"}
+    assert client.post("/api/logs/batch", json={"logs": [log] * 20}).status_code == 200
+    refused = client.post("/api/log", json=log)
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert refused.get_json()["error"] == "overloaded"
+    assert redis_client.xlen(s.stream) == 20  # nothing accepted past the mark
+
+    drain_batch(redis_client, db, s, "c1")
+    assert client.post("/api/log", json=log).status_code == 200
+    assert client.get("/api/stats").get_json()["pipeline"]["accepted"] == 21
+
+
+def test_trim_removes_only_acknowledged_entries(redis_client, settings, db):
+    ids = enqueue(redis_client, settings, 1000)
+    for _ in range(6):
+        drain_batch(redis_client, db, settings, "c1")  # 600 stored and acknowledged
+    read_batch(redis_client, settings, "c2")  # 100 delivered but not acknowledged
+    trimmed = stream.trim_acknowledged(redis_client, settings.stream)
+    assert 0 < trimmed <= 600
+    remaining = {e[0].decode() for e in redis_client.xrange(settings.stream)}
+    assert set(ids[600:]) <= remaining  # pending and undelivered entries all kept
+    drain_all(redis_client, db, settings, "c2")
+    drain_all(redis_client, db, settings, "c1")
+    assert db.execute("SELECT count(DISTINCT stream_id) FROM logs").fetchone()[0] == 1000
