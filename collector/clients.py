@@ -14,15 +14,21 @@ from redis.retry import Retry
 from collector.settings import Settings
 
 
-def make_redis(settings: Settings, timeout: float | None = None) -> redis.Redis:
-    """A pooled client that fails fast: one immediate retry (a stale pooled socket
-    after a Redis restart), then the error, so callers can answer 503 at once."""
+def make_redis(settings: Settings, timeout: float | None = None, retries: int = 0) -> redis.Redis:
+    """A pooled client that fails fast, so callers can answer 503 at once.
+
+    No retries by default: redis-py retries a command whose reply was lost, and an
+    XADD that Redis executed but could not answer would then be stored twice. A
+    stale pooled socket after a Redis restart therefore costs one 503, which the
+    client retries after Retry-After. Only idempotent callers (the drain's reads,
+    acks and trims) ask for retries.
+    """
     timeout = settings.redis_timeout if timeout is None else timeout
     return redis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), retries),
         health_check_interval=30,
     )
 

@@ -41,6 +41,8 @@ class Process:
             os.killpg(self.popen.pid, sig)
 
     def stop(self, timeout: float = 20) -> None:
+        if self._log.closed:
+            return
         self.signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout)

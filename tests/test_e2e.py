@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +10,8 @@ import psycopg
 import pytest
 import requests
 
-from tests.processes import BIN, ROOT, Process, free_port, wait_http_ok, wait_until
+from tests.processes import wait_until
+from tests.stack import Stack, nginx_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,47 +23,19 @@ SINGLES = 500
 
 @pytest.fixture(scope="module")
 def stack(base_settings, tmp_path_factory):
-    if not (os.path.exists("/usr/sbin/nginx") or os.path.exists("/usr/bin/nginx")):
+    if nginx_binary() is None:
         pytest.fail("nginx is required for the end-to-end tests: apt-get install -y nginx")
-    logs = tmp_path_factory.mktemp("stack")
-    api_ports = [free_port(), free_port()]
-    front = free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": base_settings.redis_url,
-        "DATABASE_URL": base_settings.database_url,
-        "KEY_PREFIX": base_settings.key_prefix + "e2e:",
-        "DRAIN_INTERVAL": "0.5",
-        "BEAT_SCHEDULE_FILE": str(logs / "beat-schedule"),
-        "PYTHONUNBUFFERED": "1",
-    }
     with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE logs, log_counts RESTART IDENTITY")
-    procs = [
-        Process(f"api{i + 1}", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
-                {**env, "PORT": str(port), "INSTANCE_NAME": f"api{i + 1}", "WEB_CONCURRENCY": "1"}, logs)
-        for i, port in enumerate(api_ports)
-    ]
-    procs.append(Process("worker", [str(BIN / "celery"), "-A", "tasks.celery_app", "worker", "-n", "e2e@%h",
-                                    "--concurrency", "2", "--loglevel", "INFO"],
-                         {**env, "INSTANCE_NAME": "e2e-worker"}, logs))
-    procs.append(Process("beat", [str(BIN / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel", "INFO"],
-                         {**env, "INSTANCE_NAME": "e2e-beat"}, logs))
-    procs.append(Process("nginx", [sys.executable, str(ROOT / "nginx" / "run_local.py")],
-                         {**env, "API1_ADDR": f"127.0.0.1:{api_ports[0]}", "API2_ADDR": f"127.0.0.1:{api_ports[1]}",
-                          "LISTEN": f"127.0.0.1:{front}", "NGINX_STATE_DIR": str(logs / "nginx")}, logs))
-    url = f"http://127.0.0.1:{front}"
+    stack = Stack({"REDIS_URL": base_settings.redis_url, "DATABASE_URL": base_settings.database_url,
+                   "KEY_PREFIX": base_settings.key_prefix + "e2e:", "DRAIN_INTERVAL": "0.5"},
+                  tmp_path_factory.mktemp("stack"))
     try:
-        for port in api_ports:
-            wait_http_ok(f"http://127.0.0.1:{port}/health")
-        wait_http_ok(f"{url}/health")
-        yield {"url": url, "procs": {p.name: p for p in procs}, "db": base_settings.database_url}
+        url = stack.start_all()
+        yield {"url": url, "stack": stack, "db": base_settings.database_url}
     finally:
-        for p in reversed(procs):
-            p.stop()
-        for p in procs:
-            if p.name in ("worker", "beat"):
-                sys.stderr.write(f"--- {p.name} (tail) ---\n{p.output()[-3000:]}\n")
+        stack.stop()
+        sys.stderr.write(f"--- worker (tail) ---\n{stack.tail('worker')}\n")
 
 
 def db_count(url: str, where: str = "", params: tuple = ()) -> int:

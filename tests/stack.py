@@ -1,0 +1,164 @@
+"""The collector's processes, started for real: Gunicorn APIs, a Celery worker and beat,
+nginx, and throwaway Redis or PostgreSQL servers for tests that must stop one."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import requests
+
+from collector.migrate import migrate
+from tests.processes import BIN, ROOT, Process, free_port, redis_server, wait_http_ok, wait_until
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
+class Stack:
+    """One collector deployment; every process gets `env` plus its own variables."""
+
+    def __init__(self, env: dict, log_dir: Path) -> None:
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "BEAT_SCHEDULE_FILE": str(log_dir / "beat-schedule"),
+                    **env}
+        self.log_dir = log_dir
+        self.procs: dict[str, Process] = {}  # the latest process of each name
+        self._all: list[Process] = []
+        self.api_ports: list[int] = []
+        self.front_port: int | None = None
+        self._restarts = 0
+
+    def _start(self, name: str, argv: list[str], **env: str) -> Process:
+        if name in self.procs:
+            self._restarts += 1
+        proc = Process(f"{name}-{self._restarts}", argv, {**self.env, **env}, self.log_dir)
+        self.procs[name] = proc
+        self._all.append(proc)
+        return proc
+
+    def start_api(self, index: int, port: int | None = None) -> str:
+        port = port or free_port()
+        if index >= len(self.api_ports):
+            self.api_ports.append(port)
+        self._start(f"api{index + 1}", [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"], PORT=str(port),
+                    INSTANCE_NAME=f"api{index + 1}", WEB_CONCURRENCY="1")
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/health")
+        return url
+
+    def start_worker(self, concurrency: int = 2) -> None:
+        # The node name is fixed, so a restarted worker has the same stream consumers.
+        self._start("worker", [str(BIN / "celery"), "-A", "tasks.celery_app", "worker", "-n", "test@%h",
+                               "--concurrency", str(concurrency), "--loglevel", "INFO"],
+                    INSTANCE_NAME="test-worker")
+
+    def start_beat(self) -> None:
+        self._start("beat", [str(BIN / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel", "INFO"],
+                    INSTANCE_NAME="test-beat")
+
+    def start_nginx(self) -> str:
+        self.front_port = self.front_port or free_port()
+        self._start("nginx", [sys.executable, str(ROOT / "nginx" / "run_local.py")],
+                    API1_ADDR=f"127.0.0.1:{self.api_ports[0]}", API2_ADDR=f"127.0.0.1:{self.api_ports[1]}",
+                    LISTEN=f"127.0.0.1:{self.front_port}", NGINX_STATE_DIR=str(self.log_dir / "nginx"))
+        url = f"http://127.0.0.1:{self.front_port}"
+        wait_until(lambda: requests.get(f"{url}/health", timeout=2).status_code in (200, 503), 30, "nginx")
+        return url
+
+    def start_all(self, nginx: bool = True) -> str:
+        urls = [self.start_api(0), self.start_api(1)]
+        self.start_worker()
+        self.start_beat()
+        return self.start_nginx() if nginx else urls[0]
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process and all its children (kill -9 by default), and wait for them."""
+        proc = self.procs[name]
+        proc.signal(sig)
+        proc.popen.wait(60)
+
+    def stop(self) -> None:
+        for proc in reversed(self._all):
+            proc.stop()
+
+    def tail(self, name: str, chars: int = 3000) -> str:
+        return self.procs[name].output()[-chars:]
+
+
+class ThrowawayRedis:
+    """A Redis with an append-only file fsynced on every write, so a clean stop and
+    start keeps the stream, like the Redis we ship in docker-compose."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.dir = log_dir / "redis-data"
+        self.dir.mkdir(exist_ok=True)
+        self.log_dir = log_dir
+        self.proc: Process | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = Process(f"redis-{self.port}-{os.urandom(2).hex()}", [
+            redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction",
+        ], os.environ.copy(), self.log_dir)
+        import redis
+
+        wait_until(lambda: redis.Redis(port=self.port).ping(), 20, "throwaway Redis")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()  # SIGTERM: Redis flushes the AOF and exits cleanly
+            self.proc = None
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster of our own (initdb in a temp dir, run as the postgres user,
+    since PostgreSQL refuses root), so a test can stop it without touching the shared one."""
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins:
+            raise RuntimeError("PostgreSQL server binaries not found under /usr/lib/postgresql")
+        self.bin = Path(bins[-1])
+        self.port = free_port()
+        # Not under pytest's tmp dirs: those are private to root, and the server runs as postgres.
+        self.dir = Path(tempfile.mkdtemp(prefix="collector-test-pg-"))
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/logs"
+        self._as_postgres = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self._as_postgres = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*self._as_postgres, str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+
+    def start(self) -> None:
+        subprocess.run([*self._as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-l",
+                        str(self.dir / "server.log"), "-o",
+                        f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                       check=True, capture_output=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run([*self._as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-m", mode,
+                        "stop"], capture_output=True)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def migrate(self) -> None:
+        migrate(self.url)
+
+    def count(self, sql: str = "SELECT count(*) FROM logs") -> int:
+        with psycopg.connect(self.url, connect_timeout=3) as conn:
+            return conn.execute(sql).fetchone()[0]

@@ -1,0 +1,168 @@
+"""Faults with real processes, real signals and real servers. After each one,
+every log that got a 2xx is in PostgreSQL exactly once (or in dead_letters),
+and the pipeline's books balance: accepted = persisted + dead-lettered.
+
+Servers a test must stop are throwaway instances started by the test; the
+machine's shared Redis and PostgreSQL are only used under the run's own key
+prefix and database."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import psycopg
+import pytest
+import requests
+
+from tests.load import Load
+from tests.processes import wait_until
+from tests.stack import Stack, ThrowawayPostgres, ThrowawayRedis
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def stored_ids(database_url: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        return [r[0] for r in conn.execute("SELECT stream_id FROM logs")]
+
+
+def count(database_url: str, table: str = "logs") -> int:
+    with psycopg.connect(database_url, connect_timeout=3) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def assert_exactly_once(loads: Load | list[Load], database_url: str, api_url: str) -> None:
+    accepted = [i for load in (loads if isinstance(loads, list) else [loads]) for i in load.accepted]
+    wait_until(lambda: count(database_url) >= len(accepted), 240,
+               f"{len(accepted)} accepted logs in PostgreSQL", interval=0.5)
+    stored = stored_ids(database_url)
+    assert len(stored) == len(set(stored)), "a log was stored twice"
+    assert set(stored) == set(accepted), "stored logs differ from accepted ones"
+    assert count(database_url, "dead_letters") == 0
+
+    def idle():
+        pipeline = requests.get(f"{api_url}/api/stats", timeout=5).json()["pipeline"]
+        return pipeline if pipeline["pending"] == 0 and pipeline["lag"] == 0 else None
+
+    pipeline = wait_until(idle, 60, "an idle pipeline")
+    assert pipeline["accepted"] == pipeline["persisted"] + pipeline["dead_lettered"] == len(accepted)
+
+
+@pytest.fixture
+def fresh_db(base_settings):
+    with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE logs, log_counts, dead_letters RESTART IDENTITY")
+    return base_settings.database_url
+
+
+@pytest.fixture
+def make_stack(base_settings, tmp_path, request):
+    stacks = []
+
+    def make(**env) -> Stack:
+        env = {"REDIS_URL": base_settings.redis_url, "DATABASE_URL": base_settings.database_url,
+               "KEY_PREFIX": f"{base_settings.key_prefix}{request.node.name}:", "DRAIN_INTERVAL": "0.5",
+               "CLAIM_IDLE_SECONDS": "5", **env}
+        stack = Stack(env, tmp_path)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+        if "worker" in stack.procs:
+            sys.stderr.write(f"--- worker (tail) ---\n{stack.tail('worker')}\n")
+
+
+def test_kill_9_every_worker_process_mid_load_then_restart(make_stack, fresh_db):
+    stack = make_stack()
+    api = stack.start_api(0)
+    stack.start_worker()
+    stack.start_beat()
+    load = Load(api, target=20_000, tag="kill9").start()
+    wait_until(lambda: count(fresh_db) >= 2_000, 120, "the worker to be busy storing")
+    stack.kill("worker", signal.SIGKILL)  # main process and every pool child, mid-batch
+    load.wait()
+    assert count(fresh_db) < 20_000  # the kill really interrupted the drain
+    stack.start_worker()
+    assert_exactly_once(load, fresh_db, api)
+
+
+def test_sigterm_lets_the_worker_finish_its_batch(make_stack, fresh_db):
+    stack = make_stack()
+    api = stack.start_api(0)
+    stack.start_worker()
+    stack.start_beat()
+    load = Load(api, target=8_000, tag="term").start()
+    wait_until(lambda: count(fresh_db) >= 1_000, 120, "the worker to be busy storing")
+    stack.kill("worker", signal.SIGTERM)
+    assert stack.procs["worker"].popen.returncode == 0  # a warm shutdown, not a crash
+    load.wait()
+    stack.start_worker()
+    assert_exactly_once(load, fresh_db, api)
+
+
+def test_postgres_stops_and_returns_under_load(make_stack):
+    pg = ThrowawayPostgres()
+    pg.start()
+    pg.migrate()
+    stack = make_stack(DATABASE_URL=pg.url, DB_TIMEOUT="1")
+    api = stack.start_api(0)
+    stack.start_worker()
+    stack.start_beat()
+    try:
+        before = Load(api, target=20_000, tag="pg-before").start()
+        wait_until(lambda: pg.count() >= 1_000, 120, "logs stored before the outage")
+        pg.stop()  # mid-load: batches are being inserted as it goes
+        before.wait()
+        health = requests.get(f"{api}/health", timeout=10)
+        assert health.status_code == 503 and health.json()["checks"] == {"redis": True, "postgres": False}
+        # Ingest keeps accepting while PostgreSQL is down: Redis buffers.
+        during = Load(api, target=5_000, tag="pg-during").start()
+        during.wait()
+        assert during.refused == {}
+        pg.start()
+        assert_exactly_once([before, during], pg.url, api)
+        assert requests.get(f"{api}/health", timeout=10).status_code == 200
+    finally:
+        stack.stop()
+        pg.remove()
+
+
+def test_redis_stops_and_returns_under_load(make_stack, fresh_db, tmp_path_factory):
+    redis_server = ThrowawayRedis(tmp_path_factory.mktemp("redis"))
+    redis_server.start()
+    stack = make_stack(REDIS_URL=redis_server.url)
+    api = stack.start_api(0)
+    stack.start_worker()
+    stack.start_beat()
+    try:
+        load = Load(api, target=20_000, tag="redisdown").start()
+        wait_until(lambda: len(load.accepted) >= 2_000, 120, "load under way")
+        redis_server.stop()  # mid-load
+        response = requests.post(f"{api}/api/log", json={"device_id": "d", "log_level": "INFO", "message": "m"},
+                                 timeout=10)
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        assert requests.get(f"{api}/health", timeout=10).json()["checks"]["redis"] is False
+        wait_until(lambda: load.refused.get(503, 0) >= 10, 30, f"devices to see 503s ({len(load.accepted)} accepted, {load.refused})")
+        redis_server.start()
+        load.wait()  # ingest resumes without restarting anything
+        assert_exactly_once(load, fresh_db, api)
+    finally:
+        stack.stop()
+        redis_server.stop()
+
+
+def test_backlog_past_high_water_gets_503_then_reopens(make_stack, fresh_db):
+    stack = make_stack(BACKLOG_HIGH_WATER="2000", BACKLOG_LOW_WATER="500", BACKPRESSURE_CHECK_INTERVAL="0.05")
+    api = stack.start_api(0)
+    load = Load(api, target=6_000, tag="pressure").start()  # no worker yet: the backlog only grows
+    wait_until(lambda: load.refused.get(503, 0) > 0, 60, "ingest to refuse past the high-water mark")
+    assert "overloaded" in load.retry_after_seen
+    # Each API worker re-reads the backlog every 50 ms here, so it may overshoot by that much.
+    assert len(load.accepted) < 3_000
+    stack.start_worker()
+    stack.start_beat()
+    load.wait()
+    assert_exactly_once(load, fresh_db, api)
