@@ -5,6 +5,14 @@ process serves hundreds of concurrent device connections.
 """
 
 import os
+import tempfile
+
+# prometheus_client multiprocess mode: every worker writes its samples under this
+# directory and /metrics adds them up. It must be set before any worker imports
+# prometheus_client, and start empty, so each master gets a fresh one.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="collector-api-metrics-")
 
 wsgi_app = "collector.app:create_app()"
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8001')}")
@@ -24,3 +32,17 @@ proc_name = f"collector-api-{os.environ.get('INSTANCE_NAME', 'api')}"
 # Gunicorn >= 27 opens a control socket at a fixed path by default; two API
 # instances on one host would fight over it, and we do not use it.
 control_socket_disable = True
+
+
+def child_exit(server, worker):
+    # A dead worker's live gauges must not be summed into /metrics any more.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        import shutil
+
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

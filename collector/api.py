@@ -10,9 +10,9 @@ import datetime as dt
 import time
 
 import orjson
-from flask import Blueprint, request
+from flask import Blueprint, Response, g, request
 
-from collector import cache, counters, storage, stream
+from collector import cache, counters, metrics, storage, stream
 from collector.app import backends, settings
 from collector.errors import ApiError, Overloaded
 from collector.schemas import (DEVICE_ID_RE, DeadLetterOut, LogOut, batch_schema, dead_letter_args_schema,
@@ -21,6 +21,19 @@ from collector.schemas import (DEVICE_ID_RE, DeadLetterOut, LogOut, batch_schema
 api = Blueprint("api", __name__)
 _log_out = LogOut(many=True)
 _dead_letter_out = DeadLetterOut(many=True)
+
+
+@api.before_app_request
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+@api.after_app_request
+def _observe(response: Response) -> Response:
+    endpoint = request.url_rule.endpoint if request.url_rule else "unmatched"
+    metrics.REQUEST_SECONDS.labels(endpoint, request.method, response.status_code).observe(
+        time.perf_counter() - g.get("started", time.perf_counter()))
+    return response
 
 
 def _utcnow() -> dt.datetime:
@@ -45,7 +58,9 @@ def _enqueue(logs: list[dict]) -> tuple[list[str], dt.datetime]:
     if not b.gate.is_open(b.redis):
         raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
     received = _utcnow()
-    return stream.append(b.redis, settings(), [stream.encode_entry(log, received) for log in logs]), received
+    ids = stream.append(b.redis, settings(), [stream.encode_entry(log, received) for log in logs])
+    metrics.LOGS_ACCEPTED.inc(len(ids))
+    return ids, received
 
 
 @api.post("/api/log")
@@ -137,3 +152,9 @@ def health():
         body["errors"] = errors
     headers = {} if healthy else {"Retry-After": str(s.retry_after)}
     return body, 200 if healthy else 503, headers
+
+
+@api.get("/metrics")
+def prometheus_metrics():
+    body, content_type = metrics.render(backends().redis, settings())
+    return Response(body, content_type=content_type)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
-from collector import cache, counters, storage
+from collector import cache, counters, metrics, storage
 from collector.settings import Settings
 from collector.stream import MalformedEntry, decode_entry, ensure_group
 
@@ -151,6 +151,11 @@ def drain_batch(
 
     result = DrainResult(len(entries), inserted, len(letters), time.perf_counter() - started,
                          full=len(entries) >= settings.batch_size, source=source)
+    metrics.LOGS_PERSISTED.inc(result.inserted)
+    metrics.LOGS_DUPLICATE.inc(result.duplicates)
+    metrics.LOGS_DEAD_LETTERED.inc(result.dead_lettered)
+    metrics.BATCH_SECONDS.observe(result.seconds)
+    metrics.BATCH_SIZE.observe(result.read)
     log.info("drained batch", extra={
         "read": result.read, "inserted": result.inserted, "duplicates": result.duplicates,
         "dead_lettered": result.dead_lettered, "source": source, "seconds": round(result.seconds, 4),

@@ -16,7 +16,7 @@ from flask import Flask, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from collector import counters
+from collector import counters, metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def _count_if_rejected_log(status: int, error: str) -> None:
         from collector.app import backends, settings
 
         counters.add_rejected(backends().redis, settings(), error)
+        metrics.REQUESTS_REJECTED.labels(error).inc()
 
 
 def register_error_handlers(app: Flask) -> None:

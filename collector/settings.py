@@ -137,6 +137,9 @@ class Settings:
         "DB_TIMEOUT", 2.0, _float(0.1), "Seconds to wait for a PostgreSQL connection before failing.")
     retry_after: int = _setting(
         "RETRY_AFTER", 5, _int(1), "Seconds clients are told to wait (Retry-After) when we answer 503.")
+    worker_metrics_port: int = _setting(
+        "WORKER_METRICS_PORT", 9808, _int(0, 65535),
+        "Port of the Celery worker's Prometheus /metrics on 127.0.0.1 (0: off).")
     beat_schedule_file: str = _setting(
         "BEAT_SCHEDULE_FILE", "/tmp/collector-celerybeat-schedule", _text,
         "Where Celery beat keeps its schedule state.")

@@ -6,13 +6,28 @@ one `celery -A tasks.celery_app beat`.
 
 from __future__ import annotations
 
-from celery import Celery, signals
+import logging
+import os
+import tempfile
 
-from collector.logging_setup import configure_logging
-from collector.settings import load_settings
-from tasks import resources
+# prometheus_client decides at import whether samples go to per-process files (so
+# the worker's pool children are counted) or stay in memory. The celery command
+# may have imported it already (Flower's CLI plugin does), so decide again after
+# setting the directory; metrics created from here on use files.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="collector-worker-metrics-")
+from prometheus_client import values as _prometheus_values  # noqa: E402
+
+_prometheus_values.ValueClass = _prometheus_values.get_value_class()
+
+from celery import Celery, signals  # noqa: E402
+
+from collector.logging_setup import configure_logging  # noqa: E402
+from collector.settings import load_settings  # noqa: E402
+from tasks import resources  # noqa: E402
 
 settings = load_settings()
+log = logging.getLogger("tasks")
 
 app = Celery("collector")
 app.conf.update(
@@ -43,6 +58,20 @@ def _logging(**kwargs) -> None:
     configure_logging(settings)
 
 
+@signals.worker_init.connect
+def _serve_metrics(**kwargs) -> None:
+    """The worker's /metrics (all pool processes added up), on WORKER_METRICS_PORT."""
+    if settings.worker_metrics_port:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        try:
+            start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=registry)
+        except OSError as exc:  # metrics are worth a warning, not a worker that will not start
+            log.warning("worker metrics not served on port %s: %s", settings.worker_metrics_port, exc)
+
+
 @signals.worker_process_init.connect
 def _open_connections(**kwargs) -> None:
     # Each prefork child builds its own clients after the fork.
@@ -50,5 +79,8 @@ def _open_connections(**kwargs) -> None:
 
 
 @signals.worker_process_shutdown.connect
-def _close_connections(**kwargs) -> None:
+def _close_connections(pid=None, **kwargs) -> None:
+    from prometheus_client import multiprocess
+
     resources.close_backends()
+    multiprocess.mark_process_dead(pid or os.getpid())

@@ -57,9 +57,10 @@ class Stack:
 
     def start_worker(self, concurrency: int = 2) -> None:
         # The node name is fixed, so a restarted worker has the same stream consumers.
+        self.worker_metrics_port = free_port()
         self._start("worker", [str(BIN / "celery"), "-A", "tasks.celery_app", "worker", "-n", "test@%h",
                                "--concurrency", str(concurrency), "--loglevel", "INFO"],
-                    INSTANCE_NAME="test-worker")
+                    INSTANCE_NAME="test-worker", WORKER_METRICS_PORT=str(self.worker_metrics_port))
 
     def start_beat(self) -> None:
         self._start("beat", [str(BIN / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel", "INFO"],

@@ -119,3 +119,30 @@ def test_bad_requests_through_nginx_are_json_and_change_nothing(stack):
         assert response.headers["Content-Type"].startswith("application/json")
         assert response.json()["error"]
     assert db_count(database) == before
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of a metric's samples in a Prometheus text exposition."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def test_metrics_move_when_logs_are_posted_and_persisted(stack):
+    url, api_stack = stack["url"], stack["stack"]
+    worker_metrics = f"http://127.0.0.1:{api_stack.worker_metrics_port}/metrics"
+    api1 = f"http://127.0.0.1:{api_stack.api_ports[0]}/metrics"
+
+    def persisted() -> float:
+        return metric(requests.get(worker_metrics, timeout=5).text, "collector_logs_persisted_total")
+
+    before_accepted = metric(requests.get(api1, timeout=5).text, "collector_logs_accepted_total")
+    before_persisted = persisted()
+    logs = [{"device_id": "metrics", "log_level": "INFO", "message": f"m{i}"} for i in range(40)]
+    with requests.Session() as http:
+        for _ in range(4):  # least_conn spreads these; go straight to api1 to read its counter
+            http.post(f"http://127.0.0.1:{api_stack.api_ports[0]}/api/logs/batch", json={"logs": logs}, timeout=10)
+    text = requests.get(api1, timeout=5).text
+    assert metric(text, "collector_logs_accepted_total") == before_accepted + 160
+    assert 'collector_http_request_duration_seconds_count{endpoint="api.ingest_batch"' in text
+    assert "collector_stream_length" in text
+    wait_until(lambda: persisted() >= before_persisted + 160, 60, "the worker's persisted counter")
