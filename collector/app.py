@@ -53,8 +53,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     register_error_handlers(app)
     from collector.api import api
+    from collector.openapi import docs
 
     app.register_blueprint(api)
+    app.register_blueprint(docs)
     logging.getLogger(__name__).info("app ready", extra={"instance": settings.instance_name})
     return app
 

@@ -164,3 +164,64 @@ def dead_letter_args_schema(max_limit: int) -> Schema:
         after_id = fields.Integer(load_default=0, validate=validate.Range(min=0))
 
     return DeadLetterArgs()
+
+
+# Response shapes, for the OpenAPI document (the views build plain dicts for speed).
+
+class QueuedOut(Schema):
+    status = fields.String(metadata={"example": "queued"})
+    message_id = fields.String(metadata={"description": "Stream entry id; also the stored row's stream_id."})
+    received_at = fields.DateTime()
+
+
+class QueuedBatchOut(Schema):
+    status = fields.String(metadata={"example": "queued"})
+    count = fields.Integer()
+    message_ids = fields.List(fields.String())
+    received_at = fields.DateTime()
+
+
+class LogsPageOut(Schema):
+    total = fields.Integer()
+    source = fields.String(metadata={"enum": ["cache", "database"]})
+    data = fields.List(fields.Nested(LogOut))
+
+
+class PipelineOut(Schema):
+    stream_length = fields.Integer()
+    pending = fields.Integer()
+    lag = fields.Integer(allow_none=True)
+    persisted = fields.Integer()
+    dead_lettered = fields.Integer()
+    accepted = fields.Integer()
+    rejected = fields.Integer()
+    rejected_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
+    duplicates_skipped = fields.Integer()
+
+
+class StatsOut(Schema):
+    total_logs = fields.Integer()
+    logs_by_level = fields.Dict(keys=fields.String(), values=fields.Integer())
+    recent_devices = fields.List(fields.String())
+    pipeline = fields.Nested(PipelineOut)
+    source = fields.String(metadata={"enum": ["cache", "database"]})
+
+
+class HealthOut(Schema):
+    status = fields.String(metadata={"enum": ["healthy", "unhealthy"]})
+    instance = fields.String()
+    checks = fields.Dict(keys=fields.String(), values=fields.Boolean())
+    errors = fields.Dict(keys=fields.String(), values=fields.String())
+    timestamp = fields.DateTime()
+    seconds = fields.Float()
+
+
+class DeadLettersPageOut(Schema):
+    total = fields.Integer()
+    data = fields.List(fields.Nested(DeadLetterOut))
+
+
+class ErrorOut(Schema):
+    error = fields.String(metadata={"description": "Machine-readable code, e.g. validation_failed."})
+    message = fields.String()
+    fields = fields.Dict(metadata={"description": "Validation errors by field (and by index in a batch)."})

@@ -1,0 +1,104 @@
+"""The OpenAPI document (/openapi.json), generated from the marshmallow schemas, and
+a Swagger UI (/docs) served from the swagger-ui-bundle package, so it works offline."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, current_app, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+
+from collector import schemas
+from collector.settings import Settings
+
+docs = Blueprint("docs", __name__)
+
+SWAGGER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Device log collector API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>
+"""
+
+
+def _errors(*statuses: int) -> dict:
+    text = {400: "Malformed JSON or empty body", 413: "Body over MAX_BODY_BYTES", 415: "Not application/json",
+            422: "Validation failed; `fields` names each bad field (and batch index)",
+            503: "Redis or PostgreSQL unavailable, or overloaded; honour Retry-After"}
+    return {str(s): {"description": text[s], "content": {"application/json": {"schema": "Error"}}} for s in statuses}
+
+
+def _ok(schema: str, description: str = "OK") -> dict:
+    return {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+@lru_cache(maxsize=4)
+def build_spec(settings: Settings) -> dict:
+    spec = APISpec(title="Device log collector", version="1.0.0", openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()],
+                   info={"description": "Devices POST logs; they are queued in a Redis Stream at once and stored "
+                                        "in PostgreSQL in batches. Errors are JSON: {error, message, fields?}."})
+    log_in = schemas.log_schema(settings.max_message_chars, settings.max_log_data_bytes)
+    batch_in = schemas.batch_schema(settings.max_batch_logs, settings.max_message_chars, settings.max_log_data_bytes)
+    for name, schema in {
+        "LogIn": log_in, "BatchIn": batch_in, "Queued": schemas.QueuedOut, "QueuedBatch": schemas.QueuedBatchOut,
+        "LogsPage": schemas.LogsPageOut, "Stats": schemas.StatsOut, "Health": schemas.HealthOut,
+        "DeadLettersPage": schemas.DeadLettersPageOut, "Error": schemas.ErrorOut,
+    }.items():
+        spec.components.schema(name, schema=schema)
+
+    def body(schema: str) -> dict:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    spec.path("/api/log", operations={"post": {
+        "summary": "Queue one log", "requestBody": body("LogIn"),
+        "responses": {**_ok("Queued"), **_errors(400, 413, 415, 422, 503)}}})
+    spec.path("/api/logs/batch", operations={"post": {
+        "summary": f"Queue 1 to {settings.max_batch_logs} logs; one invalid entry rejects the batch",
+        "requestBody": body("BatchIn"), "responses": {**_ok("QueuedBatch"), **_errors(400, 413, 415, 422, 503)}}})
+    spec.path("/api/logs/{device_id}", operations={"get": {
+        "summary": "A device's logs, newest first",
+        "parameters": [
+            {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                          "maximum": settings.max_query_limit, "default": 100}}],
+        "responses": {**_ok("LogsPage"), **_errors(422, 503)}}})
+    spec.path("/api/stats", operations={"get": {
+        "summary": "Totals, levels, recent devices and the pipeline's figures",
+        "responses": {**_ok("Stats"), **_errors(503)}}})
+    spec.path("/api/dead-letters", operations={"get": {
+        "summary": "Entries that could not be stored, with the reason",
+        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                       {"name": "after_id", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+        "responses": {**_ok("DeadLettersPage"), **_errors(422, 503)}}})
+    spec.path("/health", operations={"get": {
+        "summary": "Redis and PostgreSQL checks; 503 names the failed one",
+        "responses": {**_ok("Health"), "503": {"description": "Unhealthy",
+                                                "content": {"application/json": {"schema": "Health"}}}}}})
+    spec.path("/metrics", operations={"get": {
+        "summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format",
+                                                               "content": {"text/plain": {}}}}}})
+    spec.path("/openapi.json", operations={"get": {"summary": "This document",
+                                                   "responses": {"200": {"description": "OpenAPI 3"}}}})
+    spec.path("/docs", operations={"get": {"summary": "Swagger UI for this document",
+                                           "responses": {"200": {"description": "HTML page"}}}})
+    return spec.to_dict()
+
+
+@docs.get("/openapi.json")
+def openapi_json():
+    return build_spec(current_app.config["SETTINGS"])
+
+
+@docs.get("/docs")
+def swagger_ui():
+    return SWAGGER_PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+
+@docs.get("/docs/static/<path:filename>")
+def swagger_static(filename: str):
+    return send_from_directory(swagger_ui_path, filename)
