@@ -25,7 +25,9 @@ timeout = 30
 graceful_timeout = 20
 backlog = 2048
 accesslog = os.environ.get("ACCESS_LOG") or None
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# JSON lines, with nginx's request id so the two access logs can be joined.
+access_log_format = ('{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '
+                     '"bytes": "%(B)s", "ms": %(M)s, "request_id": "%({x-request-id}i)s"}')
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 proc_name = f"collector-api-{os.environ.get('INSTANCE_NAME', 'api')}"
