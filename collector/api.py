@@ -15,8 +15,15 @@ from flask import Blueprint, Response, g, request
 from collector import cache, counters, metrics, storage, stream
 from collector.app import backends, settings
 from collector.errors import ApiError, Overloaded
-from collector.schemas import (DEVICE_ID_RE, DeadLetterOut, LogOut, batch_schema, dead_letter_args_schema,
-                               log_schema, query_args_schema)
+from collector.schemas import (
+    DEVICE_ID_RE,
+    DeadLetterOut,
+    LogOut,
+    batch_schema,
+    dead_letter_args_schema,
+    log_schema,
+    query_args_schema,
+)
 
 api = Blueprint("api", __name__)
 _log_out = LogOut(many=True)
@@ -37,7 +44,7 @@ def _observe(response: Response) -> Response:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _json_body() -> object:

@@ -11,7 +11,8 @@ again. Cache trouble never fails a query: it falls back to the database.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import orjson
 import redis

@@ -22,7 +22,7 @@ DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$"
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 # An escaped NUL in compact JSON: "\u0000" preceded by an even number of backslashes.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 class Level(fields.String):

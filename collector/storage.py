@@ -8,8 +8,8 @@ all share this code.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import psycopg
 from psycopg.rows import dict_row

@@ -9,7 +9,7 @@ seed's MAXLEN dropped backlog that had not been stored yet.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from collections.abc import Sequence
 
 import redis
 

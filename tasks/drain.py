@@ -16,8 +16,8 @@ from celery.utils.log import current_process_index
 from psycopg_pool import PoolTimeout
 
 from collector.drain import drain_batch
-from collector.stream import trim_acknowledged
 from collector.settings import load_settings
+from collector.stream import trim_acknowledged
 from tasks import resources
 
 settings = load_settings()

@@ -13,7 +13,7 @@ SCHEMA = log_schema(10_000, 16_384)
 
 
 def enqueue(redis_client, settings, n: int, device: str = "dev-1") -> list[str]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     entries = [stream.encode_entry(SCHEMA.load({"device_id": device, "log_level": "INFO", "message": f"m{i}"}), now)
                for i in range(n)]
     return stream.append(redis_client, settings, entries)

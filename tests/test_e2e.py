@@ -128,7 +128,7 @@ def metric(text: str, name: str) -> float:
 
 
 def test_metrics_move_when_logs_are_posted_and_persisted(stack):
-    url, api_stack = stack["url"], stack["stack"]
+    api_stack = stack["stack"]
     worker_metrics = f"http://127.0.0.1:{api_stack.worker_metrics_port}/metrics"
     api1 = f"http://127.0.0.1:{api_stack.api_ports[0]}/metrics"
 

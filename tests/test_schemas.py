@@ -80,9 +80,9 @@ def test_log_data_becomes_compact_json_and_keeps_escaped_backslashes():
 
 def test_timestamps_are_normalised_to_utc():
     log = LOG.load(good(timestamp="2024-01-01T02:00:00+02:00"))
-    assert log["timestamp"] == dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    assert log["timestamp"] == dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     naive = LOG.load(good(timestamp="2024-01-01T00:00:00"))
-    assert naive["timestamp"].tzinfo == dt.timezone.utc
+    assert naive["timestamp"].tzinfo == dt.UTC
 
 
 def test_batch_error_names_index_and_field():

@@ -9,7 +9,7 @@ import pytest
 from collector.schemas import log_schema
 from collector.stream import MalformedEntry, decode_entry, encode_entry
 
-RECEIVED = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc)
+RECEIVED = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 
 
 def as_redis_returns(fields: dict) -> dict:
