@@ -40,7 +40,8 @@ them at the end unless ``--stop-timeout`` is given) may leave logs whose fate we
 never learn; their number is logged at quit. Pass ``--stop-timeout 10`` when the
 count must match the table exactly. In distributed runs (``--processes``,
 ``--master``/``--worker``) the workers report their counts to the master, which
-writes the file.
+writes the file and judges the thresholds; device ids then carry the worker's
+index (``dev-w1-00042``) so they stay distinct across processes.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ import string
 import time
 
 import gevent
-from locust import FastHttpUser, events, task
+from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
+from locust.user.task import LOCUST_STATE_STOPPING
 
 log = logging.getLogger("devices")
 
@@ -193,7 +195,7 @@ def _validate_options(options) -> None:
             problems.append(f"--{name.replace('_', '-')} must be between 0 and 1")
     if options.max_p95_ms < 0:
         problems.append("--max-p95-ms must be >= 0")
-    if not DEVICE_ID_RE.match(f"{options.device_prefix}-00001"):
+    if not DEVICE_ID_RE.match(f"{options.device_prefix}-w99-00001"):
         problems.append(f"--device-prefix {options.device_prefix!r} does not make valid device ids")
     if problems:
         raise SystemExit("devices.py: " + "; ".join(problems))
@@ -302,27 +304,35 @@ class Device(FastHttpUser):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        number = next(_device_numbers)
         runner = self.environment.runner
-        if isinstance(runner, WorkerRunner):
-            number += max(runner.worker_index, 0) * 100_000  # distinct ids across worker processes
-        self.device_id = f"{options.device_prefix}-{number:05d}"
+        # Each process numbers its own devices; workers add their index so ids stay distinct.
+        worker = f"w{runner.worker_index}-" if isinstance(runner, WorkerRunner) else ""
+        self.device_id = f"{options.device_prefix}-{worker}{next(_device_numbers):05d}"
         self.seq = 0
-        self._tick_started = time.monotonic()
-        self._tick_logs = 0
-        # Devices boot at random moments, not in lockstep: wait up to one pacing interval.
-        if options.rate > 0:
-            mean_logs = 1 + options.batch_ratio * (options.batch_size - 1)
-            gevent.sleep(random.uniform(0, mean_logs / options.rate))
+        # Devices boot at random moments, not in lockstep: the first send comes within one
+        # pacing interval.
+        mean_logs = 1 + options.batch_ratio * (options.batch_size - 1)
+        delay = random.uniform(0, mean_logs / options.rate) if options.rate > 0 else 0.0
+        self._next_send = time.monotonic() + delay
 
-    def wait_time(self) -> float:
-        """constant_throughput in logs, not tasks: a tick that sent n logs is followed by a
-        pause making it last n / rate seconds (no catching up after a slow tick)."""
+    # Pacing is done inside the task, not by wait_time. Locust kills a user that is in
+    # wait_time's sleep at once, even with --stop-timeout, and if that sleep ends in the
+    # same loop iteration the kill lands in the *next* task, in the middle of a request
+    # whose logs are then neither counted nor known lost. A user sleeping inside its task
+    # is instead asked to stop (STOPPING) and finishes its request; a kill that raced a
+    # wake-up lands in _pace's sleep, before anything is sent.
+    wait_time = constant(0)
+
+    def _pace(self, logs: int) -> bool:
+        """Sleep until this tick's turn, like constant_throughput counted in logs (a tick of
+        n logs is followed by n / rate seconds, no catching up after a slow one); False when
+        the user is being stopped meanwhile."""
+        gevent.sleep(max(0.0, self._next_send - time.monotonic()))  # always a switch point
+        if self._state == LOCUST_STATE_STOPPING:
+            return False
         rate = self.environment.parsed_options.rate
-        if rate <= 0:
-            return 0
-        elapsed = time.monotonic() - self._tick_started
-        return max(0.0, self._tick_logs / rate - elapsed)
+        self._next_send = time.monotonic() + (logs / rate if rate > 0 else 0.0)
+        return True
 
     def _log(self) -> dict:
         self.seq += 1
@@ -338,12 +348,12 @@ class Device(FastHttpUser):
     @task
     def tick(self) -> None:
         options = self.environment.parsed_options
-        self._tick_started = time.monotonic()
-        if random.random() < options.batch_ratio:
-            self._tick_logs = options.batch_size
+        batch = random.random() < options.batch_ratio
+        if not self._pace(options.batch_size if batch else 1):
+            return
+        if batch:
             self.send_batch(options.batch_size)
         else:
-            self._tick_logs = 1
             self.send_one()
         if random.random() < options.read_ratio:
             if random.random() < STATS_SHARE_OF_READS:
