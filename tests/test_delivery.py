@@ -4,6 +4,7 @@ letters and replay, back-pressure, trimming, and the accounting that ties them."
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 
 import pytest
@@ -138,3 +139,17 @@ def test_trim_removes_only_acknowledged_entries(redis_client, settings, db):
     drain_all(redis_client, db, settings, "c2")
     drain_all(redis_client, db, settings, "c1")
     assert db.execute("SELECT count(DISTINCT stream_id) FROM logs").fetchone()[0] == 1000
+
+
+def test_trim_keeps_up_with_large_acknowledged_backlogs(redis_client, settings, db):
+    """Redis caps an approximate trim at 10,000 entries unless told otherwise."""
+    entries = [stream.encode_entry({"device_id": "d", "log_level": "INFO", "message": "m", "log_data": None,
+                                    "timestamp": None}, dt.datetime.now(dt.timezone.utc))] * 1000
+    for _ in range(30):
+        stream.append(redis_client, settings, entries)
+    stream.ensure_group(redis_client, settings.stream, settings.consumer_group)
+    # Deliver and acknowledge everything without storing (this test is about Redis memory only).
+    while batch := redis_client.xreadgroup(settings.consumer_group, "c", {settings.stream: ">"}, count=5000):
+        redis_client.xack(settings.stream, settings.consumer_group, *[i for i, _ in batch[0][1]])
+    assert stream.trim_acknowledged(redis_client, settings.stream) > 25_000
+    assert redis_client.xlen(settings.stream) < 1_000
