@@ -9,14 +9,15 @@ own newest logs (GET /api/logs/<device_id>?limit=20) or the stats.
 
 Run it::
 
-    locust --config locustfiles/locust.conf                 # web UI, 100 devices, nginx on :18723
-    locust --config locustfiles/locust.conf --headless -t 60s
+    locust -f locustfiles/devices.py                        # web UI, 100 devices, nginx on :18723
+    locust -f locustfiles/devices.py --headless -t 60s --stop-timeout 10
     locust -f locustfiles/devices.py --headless -u 5 -r 5 -t 5s --host http://127.0.0.1:8001
 
-Locust's own options give the fleet size and target (``--users``, default 100 in
-locust.conf; ``--spawn-rate``; ``--host``, default http://127.0.0.1:18723 from the
-user class). This file adds the options below (each also settable by the
-environment variable in brackets, or by a line in locust.conf; the web UI shows
+Locust's own options give the fleet size and target (``--users``, default 100 from
+``[tool.locust]`` in pyproject.toml when run from the repository root;
+``--spawn-rate``; ``--host``, default http://127.0.0.1:18723). This file adds the
+options below (each also settable by the environment variable in brackets, or by
+a line in ``[tool.locust]``; the web UI shows
 them under "Custom parameters"):
 
   --batch-size N        logs per POST /api/logs/batch (5) [DEVICES_BATCH_SIZE]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.processes import wait_until
+from tests.processes import BIN, ROOT, wait_until
 from tests.stack import Stack, nginx_binary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -146,3 +147,22 @@ def test_metrics_move_when_logs_are_posted_and_persisted(stack):
     assert 'collector_http_request_duration_seconds_count{endpoint="api.ingest_batch"' in text
     assert "collector_stream_length" in text
     wait_until(lambda: persisted() >= before_persisted + 160, 60, "the worker's persisted counter")
+
+
+def test_headless_locust_fleet_meets_its_thresholds_and_every_log_is_stored(stack, tmp_path):
+    """The simulated fleet, small and short: no failures, and what it was told was
+    accepted is all in PostgreSQL. Thresholds are Locust's own exit code, not timings here."""
+    url, database = stack["url"], stack["db"]
+    accepted_file = tmp_path / "accepted"
+    run = subprocess.run(
+        [str(BIN / "locust"), "-f", "locustfiles/devices.py", "--headless", "-u", "10", "-r", "10", "-t", "4s",
+         "--stop-timeout", "10", "--host", url, "--rate", "5", "--batch-ratio", "0.5", "--read-ratio", "0.1",
+         "--device-prefix", "locust", "--max-fail-ratio", "0", "--max-p95-ms", "0",
+         "--accepted-file", str(accepted_file), "--only-summary"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    accepted = int(accepted_file.read_text())
+    assert accepted > 0
+    wait_until(lambda: db_count(database, "WHERE device_id LIKE 'locust-%%'") == accepted, 60,
+               f"{accepted} locust logs in PostgreSQL")
