@@ -3,6 +3,12 @@
 Renders nginx/collector.conf.template the way the nginx image's envsubst does
 (${VAR} only), wraps it in a minimal main config that keeps every file under
 var/nginx/ (so no root and no system nginx config are needed), and execs nginx.
+
+The template's variables default to the `make run` stack (APIs on :8001 and :8002,
+nginx on 127.0.0.1:18723, the seed's 10000r/s with a burst of 2000); any of them
+set in the environment wins (the tests start nginx with their own ports and rate).
+The access log is off unless NGINX_ACCESS_LOG names a file (or /dev/stdout): then
+it gets the template's JSON lines (collector_json).
 """
 
 import os
@@ -21,7 +27,9 @@ pid {state}/nginx.pid;
 error_log stderr warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {access_log};
+    # Only requests outside the collector's server would use this; the server's own
+    # access_log (the template's ${{ACCESS_LOG_PARAMS}}) is the one that counts.
+    access_log off;
     client_body_temp_path {state}/client_body;
     proxy_temp_path {state}/proxy;
     fastcgi_temp_path {state}/fastcgi;
@@ -30,6 +38,25 @@ http {{
     include {state}/collector.conf;
 }}
 """
+
+
+# The template's variables for `make run`; docker-compose.yml sets its own.
+DEFAULTS = {
+    "API1_ADDR": "127.0.0.1:8001",
+    "API2_ADDR": "127.0.0.1:8002",
+    "LISTEN": "127.0.0.1:18723",
+    "RATE_LIMIT": "10000r/s",
+    "RATE_BURST": "2000",
+}
+
+
+def access_log_params(path: str) -> str:
+    """The template's ${ACCESS_LOG_PARAMS}: `off`, or the file with the JSON-lines format."""
+    if not path.strip() or path.strip() == "off":
+        return "off"
+    if not path.startswith("/"):
+        path = str(Path(path).resolve())  # relative to where we were started, not to nginx's prefix
+    return f"{path} collector_json"
 
 
 def render(template: str, env: dict) -> str:
@@ -46,12 +73,19 @@ def main() -> None:
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
         sys.exit("nginx is not installed: sudo apt-get install -y nginx (Debian/Ubuntu) or brew install nginx")
-    env = {"API1_ADDR": "127.0.0.1:8001", "API2_ADDR": "127.0.0.1:8002", "LISTEN": "127.0.0.1:18723", **os.environ}
+    env = {**DEFAULTS, "ACCESS_LOG_PARAMS": access_log_params(os.environ.get("NGINX_ACCESS_LOG", "")),
+           **os.environ}
     state = Path(env.get("NGINX_STATE_DIR", ROOT / "var" / "nginx")).resolve()
     state.mkdir(parents=True, exist_ok=True)
     (state / "collector.conf").write_text(render(TEMPLATE.read_text(), env))
-    access_log = env.get("NGINX_ACCESS_LOG", "off")
-    (state / "nginx.conf").write_text(MAIN.format(state=state, access_log=access_log))
+    main_conf = MAIN.format(state=state)
+    if os.geteuid() == 0:
+        # Started as root (a container, CI), nginx would run its workers as nobody or
+        # www-data, which cannot write the temp files (a chunked or large request body,
+        # a large response) under a private state dir such as pytest's: that request
+        # fails with a 500. Locally, workers run as whoever started nginx.
+        main_conf = "user root;\n" + main_conf
+    (state / "nginx.conf").write_text(main_conf)
     os.execv(nginx, [nginx, "-p", str(state), "-c", str(state / "nginx.conf"), *sys.argv[1:]])
 
 
