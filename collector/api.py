@@ -65,7 +65,7 @@ def _enqueue(logs: list[dict]) -> tuple[list[str], dt.datetime]:
     if not b.gate.is_open(b.redis):
         raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
     received = _utcnow()
-    ids = stream.append(b.redis, settings(), [stream.encode_entry(log, received) for log in logs])
+    ids = b.appender.append([stream.encode_entry(log, received) for log in logs])
     metrics.LOGS_ACCEPTED.inc(len(ids))
     return ids, received
 

@@ -18,6 +18,7 @@ from collector.clients import make_db_pool, make_redis
 from collector.errors import register_error_handlers
 from collector.logging_setup import configure_logging
 from collector.settings import Settings, load_settings
+from collector.stream import Appender
 
 
 class OrjsonProvider(JSONProvider):
@@ -35,6 +36,7 @@ class Backends:
     redis: redis.Redis
     db: ConnectionPool
     gate: Gate
+    appender: Appender
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -49,7 +51,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     # Without waiting: the API must start, and keep accepting logs, while PostgreSQL is down.
     db.open(wait=False)
     atexit.register(db.close)
-    app.extensions["collector"] = Backends(redis=make_redis(settings), db=db, gate=Gate(settings))
+    client = make_redis(settings)
+    app.extensions["collector"] = Backends(redis=client, db=db, gate=Gate(settings),
+                                           appender=Appender(client, settings))
 
     register_error_handlers(app)
     from collector.api import api

@@ -9,6 +9,7 @@ seed's MAXLEN dropped backlog that had not been stored yet.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Sequence
 
 import redis
@@ -66,11 +67,89 @@ def append(client: redis.Redis, settings: Settings, entries: Sequence[dict]) -> 
     MULTI/EXEC makes the batch all-or-nothing: if Redis refuses (out of memory), no
     entry is added, so a client that retries after our 503 cannot create duplicates.
     """
+    return _append_groups(client, settings, [entries])[0]
+
+
+def _append_groups(client: redis.Redis, settings: Settings, groups: Sequence[Sequence[dict]]) -> list[list[str]]:
     pipe = client.pipeline(transaction=True)
-    for fields in entries:
-        pipe.xadd(settings.stream, fields)
-    counters.add_accepted(pipe, settings, len(entries))
-    return [entry_id.decode() for entry_id in pipe.execute()[: len(entries)]]
+    total = 0
+    for entries in groups:
+        for fields in entries:
+            pipe.xadd(settings.stream, fields)
+        total += len(entries)
+    counters.add_accepted(pipe, settings, total)
+    ids = [entry_id.decode() for entry_id in pipe.execute()[:total]]
+    out, start = [], 0
+    for entries in groups:
+        out.append(ids[start:start + len(entries)])
+        start += len(entries)
+    return out
+
+
+class _Waiter:
+    __slots__ = ("entries", "done", "ids", "error", "lead")
+
+    def __init__(self, entries: Sequence[dict]) -> None:
+        self.entries, self.done = entries, threading.Event()
+        self.ids: list[str] | None = None
+        self.error: BaseException | None = None
+        self.lead = False
+
+
+class Appender:
+    """`append` for one API process, sharing round trips between concurrent requests.
+
+    While one request's MULTI/EXEC is on the wire, the requests that arrive queue
+    up; when it returns, the first of them sends everything queued in one
+    MULTI/EXEC and the others wait for its answer. Alone, a request goes straight
+    out (no added latency); under load, Redis sees a fraction of the round trips
+    and each process saves the socket and redis-py work they cost, the largest
+    part of ingest's CPU (see docs/performance.md). A group is all-or-nothing, so
+    every request in it gets either its ids or the same error (503).
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings, max_entries: int = 2000) -> None:
+        self.client, self.settings, self.max_entries = client, settings, max_entries
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter] = []
+        self._busy = False
+
+    def append(self, entries: Sequence[dict]) -> list[str]:
+        me = _Waiter(entries)
+        with self._lock:
+            self._queue.append(me)
+            if not self._busy:
+                self._busy = me.lead = True
+        if not me.lead:
+            me.done.wait()
+        if me.lead:
+            self._send_queued()
+        if me.error is not None:
+            raise me.error
+        return me.ids
+
+    def _send_queued(self) -> None:
+        with self._lock:
+            group, size = [], 0
+            while self._queue and (not group or size + len(self._queue[0].entries) <= self.max_entries):
+                waiter = self._queue.pop(0)
+                group.append(waiter)
+                size += len(waiter.entries)
+        try:
+            results = _append_groups(self.client, self.settings, [w.entries for w in group])
+            for waiter, ids in zip(group, results, strict=True):
+                waiter.ids = ids
+        except BaseException as exc:  # every request of the group gets the error (and answers 503)
+            for waiter in group:
+                waiter.error = exc
+        with self._lock:
+            if self._queue:
+                self._queue[0].lead = True  # the next request takes over sending
+                self._queue[0].done.set()
+            else:
+                self._busy = False
+        for waiter in group:
+            waiter.done.set()
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:

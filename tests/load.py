@@ -18,6 +18,10 @@ class Load:
         self.accepted: list[str] = []
         self.refused: dict[int | str, int] = {}
         self.retry_after_seen: set[str] = set()
+        # Messages of requests refused because Redis failed mid-request: Redis may have
+        # queued them before the connection broke (a lost reply), so they may be stored
+        # although their request got a 503, and again when the device retries.
+        self.in_doubt: set[str] = set()
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._stop = threading.Event()
@@ -66,8 +70,12 @@ class Load:
                             self.accepted += response.json()["message_ids"]
                         break
                     self._refuse(response.status_code)
+                    error = response.json().get("error", "?") if response.status_code >= 400 else "?"
                     if "Retry-After" in response.headers:
-                        self.retry_after_seen.add(response.json().get("error", "?"))
+                        self.retry_after_seen.add(error)
+                    if error == "redis_unavailable":
+                        with self._lock:
+                            self.in_doubt.update(log["message"] for log in logs)
                     time.sleep(0.05)
 
     def _refuse(self, why: int | str) -> None:

@@ -144,7 +144,7 @@ def test_trim_removes_only_acknowledged_entries(redis_client, settings, db):
 def test_trim_keeps_up_with_large_acknowledged_backlogs(redis_client, settings, db):
     """Redis caps an approximate trim at 10,000 entries unless told otherwise."""
     entries = [stream.encode_entry({"device_id": "d", "log_level": "INFO", "message": "m", "log_data": None,
-                                    "timestamp": None}, dt.datetime.now(dt.timezone.utc))] * 1000
+                                    "timestamp": None}, dt.datetime.now(dt.UTC))] * 1000
     for _ in range(30):
         stream.append(redis_client, settings, entries)
     stream.ensure_group(redis_client, settings.stream, settings.consumer_group)

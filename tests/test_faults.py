@@ -22,23 +22,28 @@ from tests.stack import Stack, ThrowawayPostgres, ThrowawayRedis
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def stored_ids(database_url: str) -> list[str]:
-    with psycopg.connect(database_url) as conn:
-        return [r[0] for r in conn.execute("SELECT stream_id FROM logs")]
-
-
 def count(database_url: str, table: str = "logs") -> int:
     with psycopg.connect(database_url, connect_timeout=3) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
 def assert_exactly_once(loads: Load | list[Load], database_url: str, api_url: str) -> None:
-    accepted = [i for load in (loads if isinstance(loads, list) else [loads]) for i in load.accepted]
+    """Every log that got a 2xx is stored exactly once, nothing is dead-lettered, and
+    the books balance. The only rows allowed beyond those are logs whose request
+    got a 503 because Redis broke mid-request (Redis may have queued them before
+    its reply was lost): the documented at-least-once window at the HTTP boundary."""
+    loads = loads if isinstance(loads, list) else [loads]
+    accepted = [i for load in loads for i in load.accepted]
+    in_doubt = set().union(*(load.in_doubt for load in loads))
     wait_until(lambda: count(database_url) >= len(accepted), 240,
                f"{len(accepted)} accepted logs in PostgreSQL", interval=0.5)
-    stored = stored_ids(database_url)
-    assert len(stored) == len(set(stored)), "a log was stored twice"
-    assert set(stored) == set(accepted), "stored logs differ from accepted ones"
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT stream_id, message FROM logs").fetchall()
+    stored = [stream_id for stream_id, _ in rows]
+    assert len(stored) == len(set(stored)), "a stream entry was stored twice"
+    assert set(accepted) <= set(stored), "an accepted log is missing"
+    extra = {message for stream_id, message in rows if stream_id not in set(accepted)}
+    assert extra <= in_doubt, f"stored logs nobody was told were accepted: {sorted(extra)[:5]}"
     assert count(database_url, "dead_letters") == 0
 
     def idle():
@@ -46,7 +51,7 @@ def assert_exactly_once(loads: Load | list[Load], database_url: str, api_url: st
         return pipeline if pipeline["pending"] == 0 and pipeline["lag"] == 0 else None
 
     pipeline = wait_until(idle, 60, "an idle pipeline")
-    assert pipeline["accepted"] == pipeline["persisted"] + pipeline["dead_lettered"] == len(accepted)
+    assert pipeline["accepted"] == pipeline["persisted"] + pipeline["dead_lettered"] == len(stored)
 
 
 @pytest.fixture
