@@ -52,7 +52,7 @@ def _json_body() -> object:
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be application/json, not {request.mimetype or 'missing'!r}.")
     body = request.get_data(cache=False)  # raises 413 past MAX_BODY_BYTES
-    if not body.strip():
+    if not body or body.isspace():
         raise ApiError(400, "empty_body", "The request body is empty; send a JSON object.")
     try:
         return orjson.loads(body)

@@ -164,42 +164,41 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
-    """Stream length, entries delivered but not acknowledged (pending), and entries
-    not yet delivered to the group (lag)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.xlen(stream)
-    pipe.xinfo_groups(stream)
-    try:
-        length, groups = pipe.execute()
-    except redis.ResponseError as exc:  # no such stream yet
-        if "no such key" not in str(exc).lower():
-            raise
-        return {"stream_length": 0, "pending": 0, "lag": 0}
+def _group_figures(length: int, groups: list, group: str) -> dict:
     info = next((g for g in groups if g["name"].decode() == group), None)
-    if info is None:
+    if info is None:  # no consumer group yet: nothing delivered
         return {"stream_length": length, "pending": 0, "lag": length}
     return {"stream_length": length, "pending": info["pending"], "lag": info.get("lag")}
 
 
-def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:
-    """(entries not yet stored, used_memory / maxmemory or 0.0 when unbounded), one round trip."""
+def _read_figures(client: redis.Redis, stream: str, group: str, memory: bool) -> tuple[dict, dict | None]:
     pipe = client.pipeline(transaction=False)
-    pipe.xinfo_groups(stream)
     pipe.xlen(stream)
-    pipe.info("memory")
-    groups, length, memory = pipe.execute(raise_on_error=False)
+    pipe.xinfo_groups(stream)
+    if memory:
+        pipe.info("memory")
+    length, groups, *info = pipe.execute(raise_on_error=False)
+    for reply in (length, *info):
+        if isinstance(reply, Exception):
+            raise reply
     if isinstance(groups, Exception):  # no stream yet
         groups = []
-    if isinstance(length, Exception) or isinstance(memory, Exception):
-        raise length if isinstance(length, Exception) else memory
-    info = next((g for g in groups if g["name"].decode() == group), None)
-    if info is None:
-        backlog = length
-    elif info.get("lag") is None:  # Redis cannot tell (entries deleted mid-stream): be conservative
-        backlog = length
+    return _group_figures(length, groups, group), (info[0] if info else None)
+
+
+def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
+    """Stream length, entries delivered but not acknowledged (pending), and entries
+    not yet delivered to the group (lag; None when Redis cannot tell), in one round trip."""
+    return _read_figures(client, stream, group, memory=False)[0]
+
+
+def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:
+    """(entries not yet stored, used_memory / maxmemory or 0.0 when unbounded), one round trip."""
+    figures, memory = _read_figures(client, stream, group, memory=True)
+    if figures["lag"] is None:  # Redis cannot tell (entries deleted mid-stream): be conservative
+        backlog = figures["stream_length"]
     else:
-        backlog = info["lag"] + info["pending"]
+        backlog = figures["lag"] + figures["pending"]
     maxmemory = memory.get("maxmemory", 0)
     return backlog, (memory["used_memory"] / maxmemory) if maxmemory else 0.0
 
