@@ -74,9 +74,3 @@ def wait_http_ok(url: str, timeout: float = 30) -> None:
 def redis_server() -> str:
     path = shutil.which("redis-server") or "/usr/bin/redis-server"
     return path
-
-
-def start_redis(port: int, log_dir: Path, name: str = "redis") -> Process:
-    """A throwaway Redis for tests that stop it; the machine's shared one is never touched."""
-    return Process(name, [redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(log_dir)], os.environ.copy(), log_dir)

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from collector.app import create_app
-from tests.processes import free_port, start_redis, wait_until
+from tests.processes import free_port, wait_until
+from tests.stack import ThrowawayRedis
 
 pytestmark = pytest.mark.slow
 
@@ -16,15 +17,15 @@ LOG = {"device_id": "dev-1", "log_level": "INFO", "message": "hello"}
 
 @pytest.fixture
 def own_redis(tmp_path):
-    port = free_port()
-    server = start_redis(port, tmp_path)
-    yield port, server, tmp_path
+    server = ThrowawayRedis(tmp_path)
+    server.start()
+    yield server
     server.stop()
 
 
 def test_redis_down_means_503_with_retry_after_and_recovery_without_restart(own_redis, base_settings, db):
-    port, server, tmp_path = own_redis
-    settings = dataclasses.replace(base_settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    server = own_redis
+    settings = dataclasses.replace(base_settings, redis_url=server.url)
     app = create_app(settings)
     client = app.test_client()
     wait_until(lambda: client.post("/api/log", json=LOG).status_code == 200, 10, "ingest with Redis up")
@@ -40,12 +41,11 @@ def test_redis_down_means_503_with_retry_after_and_recovery_without_restart(own_
     assert health.get_json()["checks"] == {"redis": False, "postgres": True}
     assert "redis" in health.get_json()["errors"]
 
-    restarted = start_redis(port, tmp_path, name="redis-again")
+    server.start()
     try:
         wait_until(lambda: client.post("/api/log", json=LOG).status_code == 200, 10, "ingest after Redis returns")
         assert client.get("/health").status_code == 200
     finally:
-        restarted.stop()
         app.extensions["collector"].db.close()
 
 
