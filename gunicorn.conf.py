@@ -24,6 +24,9 @@ keepalive = 75
 timeout = 30
 graceful_timeout = 20
 backlog = 2048
+# As long as nginx's large_client_header_buffers (8 KiB), so an over-long URL gets
+# our JSON 404/422 rather than Gunicorn's HTML 400.
+limit_request_line = 8190
 accesslog = os.environ.get("ACCESS_LOG") or None
 # JSON lines, with nginx's request id so the two access logs can be joined.
 access_log_format = ('{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '

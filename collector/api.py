@@ -28,6 +28,7 @@ from collector.schemas import (
 api = Blueprint("api", __name__)
 _log_out = LogOut(many=True)
 _dead_letter_out = DeadLetterOut(many=True)
+_METHODS = {"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"}
 
 
 @api.before_app_request
@@ -38,7 +39,8 @@ def _start_timer() -> None:
 @api.after_app_request
 def _observe(response: Response) -> Response:
     endpoint = request.url_rule.endpoint if request.url_rule else "unmatched"
-    metrics.REQUEST_SECONDS.labels(endpoint, request.method, response.status_code).observe(
+    method = request.method if request.method in _METHODS else "other"  # bounded label values
+    metrics.REQUEST_SECONDS.labels(endpoint, method, response.status_code).observe(
         time.perf_counter() - g.get("started", time.perf_counter()))
     return response
 
@@ -65,7 +67,7 @@ def _enqueue(logs: list[dict]) -> tuple[list[str], dt.datetime]:
     if not b.gate.is_open(b.redis):
         raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
     received = _utcnow()
-    ids = b.appender.append([stream.encode_entry(log, received) for log in logs])
+    ids = b.appender.append([stream.encode_entry(log, received) for log in logs], request.content_length or 0)
     metrics.LOGS_ACCEPTED.inc(len(ids))
     return ids, received
 

@@ -20,8 +20,9 @@ def make_redis(settings: Settings, timeout: float | None = None, retries: int = 
     No retries by default: redis-py retries a command whose reply was lost, and an
     XADD that Redis executed but could not answer would then be stored twice. A
     stale pooled socket after a Redis restart therefore costs one 503, which the
-    client retries after Retry-After. Only idempotent callers (the drain's reads,
-    acks and trims) ask for retries.
+    client retries after Retry-After. Only the workers ask for a retry: their
+    reads, acks and trims are safe to repeat (a repeated counter increment can
+    only over-count duplicates_skipped, which is informational).
     """
     timeout = settings.redis_timeout if timeout is None else timeout
     return redis.Redis.from_url(
@@ -33,13 +34,16 @@ def make_redis(settings: Settings, timeout: float | None = None, retries: int = 
     )
 
 
-def make_db_pool(settings: Settings, size: int, name: str, check: bool = False) -> ConnectionPool:
+def make_db_pool(settings: Settings, size: int, name: str, check: bool = False,
+                 statement_timeout: float = 10.0) -> ConnectionPool:
     """An unopened pool; the caller opens it (without waiting, so a down database
     does not stop a process from starting) and closes it at shutdown.
 
     `check` tests each connection as it is handed out: the drain uses it so that,
     while PostgreSQL is down, it fails before reading from the stream rather than
     after, and entries are not redelivered (and counted) once per retry.
+    `statement_timeout` and TCP keepalives bound how long a hung server or a
+    dropped network can hold a request or a task.
     """
     return ConnectionPool(
         settings.database_url,
@@ -48,8 +52,14 @@ def make_db_pool(settings: Settings, size: int, name: str, check: bool = False) 
         timeout=settings.db_timeout,
         name=name,
         open=False,
-        kwargs={"application_name": name, "autocommit": True,
-                "connect_timeout": max(1, int(settings.db_timeout))},
+        kwargs={
+            "application_name": name, "autocommit": True,
+            "connect_timeout": max(1, int(settings.db_timeout)),
+            "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+        },
         check=ConnectionPool.check_connection if check else None,
-        reconnect_timeout=0,  # keep trying for ever: the database may come back
+        # The database may be down for long: keep trying to reconnect (a day, then
+        # the pool logs the failure and tries again on the next request).
+        reconnect_timeout=24 * 3600,
     )

@@ -143,7 +143,9 @@ def drain_batch(
 
     inserted = sum(outcome.inserted.values())
     devices = {row[1] for row in rows}
-    pipe = client.pipeline(transaction=False)
+    # MULTI/EXEC: if Redis refuses the cache bumps (out of memory), it refuses the XACK
+    # too, so the entries stay pending and the caches can never be left stale.
+    pipe = client.pipeline(transaction=True)
     cache.invalidate(pipe, settings.key_prefix, [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
     counters.add_drained(pipe, settings, duplicates=len(rows) - inserted - len(outcome.rejected))
     pipe.xack(settings.stream, settings.consumer_group, *[entry_id for entry_id, _ in entries])

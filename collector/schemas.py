@@ -18,7 +18,8 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$"
+# \Z, not $: $ also matches before a trailing newline, which would let a 101-character id through.
+DEVICE_ID_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}\Z"
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 # An escaped NUL in compact JSON: "\u0000" preceded by an even number of backslashes.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -67,7 +68,10 @@ class LogData(fields.Dict):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bytes:
         mapping = super()._deserialize(value, attr, data, **kwargs)
-        encoded = orjson.dumps(mapping)
+        try:
+            encoded = orjson.dumps(mapping)
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+            raise ValidationError(f"Cannot be stored as JSON: {exc}.") from None
         if len(encoded) > self.max_bytes:
             raise ValidationError(f"Longer than {self.max_bytes} bytes as JSON.")
         if b"\\u0000" in encoded and _JSON_NUL.search(encoded):

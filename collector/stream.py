@@ -2,8 +2,9 @@
 
 One stream entry per log, with short field names and values kept as text, so
 the API does no JSON work beyond `log_data` and the drain hands the values to
-PostgreSQL without decoding JSON at all. Entries are never trimmed here: the
-seed's MAXLEN dropped backlog that had not been stored yet.
+PostgreSQL without decoding JSON at all. Adding never trims (the seed's MAXLEN
+dropped backlog that had not been stored yet); only `trim_acknowledged` removes
+entries, and only ones every consumer group has acknowledged.
 """
 
 from __future__ import annotations
@@ -87,10 +88,10 @@ def _append_groups(client: redis.Redis, settings: Settings, groups: Sequence[Seq
 
 
 class _Waiter:
-    __slots__ = ("entries", "done", "ids", "error", "lead")
+    __slots__ = ("entries", "nbytes", "done", "ids", "error", "lead")
 
-    def __init__(self, entries: Sequence[dict]) -> None:
-        self.entries, self.done = entries, threading.Event()
+    def __init__(self, entries: Sequence[dict], nbytes: int) -> None:
+        self.entries, self.nbytes, self.done = entries, nbytes, threading.Event()
         self.ids: list[str] | None = None
         self.error: BaseException | None = None
         self.lead = False
@@ -105,51 +106,78 @@ class Appender:
     out (no added latency); under load, Redis sees a fraction of the round trips
     and each process saves the socket and redis-py work they cost, the largest
     part of ingest's CPU (see docs/performance.md). A group is all-or-nothing, so
-    every request in it gets either its ids or the same error (503).
+    every request in it gets either its ids or the same error (503). Groups are
+    capped (entries and request bytes) so one transaction stays small and quick.
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings, max_entries: int = 2000) -> None:
-        self.client, self.settings, self.max_entries = client, settings, max_entries
+    def __init__(self, client: redis.Redis, settings: Settings, max_entries: int = 2000,
+                 max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.client, self.settings = client, settings
+        self.max_entries, self.max_bytes = max_entries, max_bytes
         self._lock = threading.Lock()
         self._queue: list[_Waiter] = []
         self._busy = False
 
-    def append(self, entries: Sequence[dict]) -> list[str]:
-        me = _Waiter(entries)
+    def append(self, entries: Sequence[dict], nbytes: int = 0) -> list[str]:
+        me = _Waiter(entries, nbytes)
         with self._lock:
             self._queue.append(me)
             if not self._busy:
                 self._busy = me.lead = True
         if not me.lead:
-            me.done.wait()
+            try:
+                me.done.wait()
+            except BaseException:  # this request was killed while queued: leave no trace
+                self._abandon(me)
+                raise
         if me.lead:
             self._send_queued()
         if me.error is not None:
             raise me.error
         return me.ids
 
+    def _abandon(self, me: _Waiter) -> None:
+        with self._lock:
+            if me in self._queue:
+                self._queue.remove(me)
+            if me.lead:  # promoted as it died: pass the turn on
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """With the lock held: wake the next queued request to send, or go idle."""
+        if self._queue:
+            self._queue[0].lead = True
+            self._queue[0].done.set()
+        else:
+            self._busy = False
+
     def _send_queued(self) -> None:
-        with self._lock:
-            group, size = [], 0
-            while self._queue and (not group or size + len(self._queue[0].entries) <= self.max_entries):
-                waiter = self._queue.pop(0)
-                group.append(waiter)
-                size += len(waiter.entries)
+        group: list[_Waiter] = []
         try:
-            results = _append_groups(self.client, self.settings, [w.entries for w in group])
-            for waiter, ids in zip(group, results, strict=True):
-                waiter.ids = ids
-        except BaseException as exc:  # every request of the group gets the error (and answers 503)
+            with self._lock:
+                entries = nbytes = 0
+                while self._queue:
+                    head = self._queue[0]
+                    if group and (entries + len(head.entries) > self.max_entries
+                                  or nbytes + head.nbytes > self.max_bytes):
+                        break
+                    group.append(self._queue.pop(0))
+                    entries, nbytes = entries + len(head.entries), nbytes + head.nbytes
+            try:
+                results = _append_groups(self.client, self.settings, [w.entries for w in group])
+                for waiter, ids in zip(group, results, strict=True):
+                    waiter.ids = ids
+            except Exception as exc:  # every request of the group gets the error (and answers 503)
+                for waiter in group:
+                    waiter.error = exc
+        finally:
             for waiter in group:
-                waiter.error = exc
-        with self._lock:
-            if self._queue:
-                self._queue[0].lead = True  # the next request takes over sending
-                self._queue[0].done.set()
-            else:
-                self._busy = False
-        for waiter in group:
-            waiter.done.set()
+                if waiter.ids is None and waiter.error is None:  # the sender itself was killed
+                    waiter.error = redis.ConnectionError("interrupted while sending to Redis")
+            with self._lock:
+                self._hand_over()
+            for waiter in group:
+                waiter.done.set()
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:

@@ -24,7 +24,8 @@ def open_backends(settings: Settings) -> None:
     close_backends()
     # Workers can afford to wait longer on Redis than the API, which must answer at once.
     client = make_redis(settings, timeout=max(settings.redis_timeout, 5.0), retries=1)
-    pool = make_db_pool(settings, 2, name=f"collector-worker-{settings.instance_name}", check=True)
+    pool = make_db_pool(settings, 2, name=f"collector-worker-{settings.instance_name}", check=True,
+                        statement_timeout=60.0)
     pool.open(wait=False)
     _state.update(pid=os.getpid(), redis=client, db=pool)
     try:

@@ -54,3 +54,33 @@ def test_every_caller_of_a_failed_group_gets_the_error(settings):
         t.join(30)
     assert len(errors) == 10
     assert not appender._busy and not appender._queue  # ready for the next request
+
+
+def test_a_request_killed_while_queued_does_not_stall_the_others(redis_client, settings):
+    """Simulates a greenlet killed while waiting its turn: it leaves the queue, and a
+    request promoted to sender just as it dies passes the turn on."""
+    appender = Appender(redis_client, settings)
+
+    class Killed(BaseException):
+        pass
+
+    class DiesWaiting(threading.Event):
+        def wait(self, timeout=None):
+            raise Killed
+
+    appender._busy = True  # someone else is sending
+    from collector import stream as stream_module
+
+    original = stream_module.threading.Event
+    stream_module.threading.Event = DiesWaiting
+    try:
+        try:
+            appender.append(entries_for(1, 1))
+        except Killed:
+            pass
+    finally:
+        stream_module.threading.Event = original
+    assert appender._queue == []
+    appender._busy = False
+    assert len(appender.append(entries_for(2, 3))) == 3
+    assert not appender._busy
