@@ -1,12 +1,13 @@
-"""Dead letters: list them and, after a fix, replay them into the stream.
+"""Dead letters: list them and, after a fix, replay them.
 
     python -m collector.deadletters list [--limit N]
     python -m collector.deadletters replay --all | --id ID [--id ID ...]
 
-Replay re-adds each entry's original fields to the stream as a new entry and
-deletes its dead letter in the same transaction, so a failed XADD leaves the
-dead letter in place. Replayed logs are not counted as accepted again: they
-move from the dead-lettered count to the persisted one.
+Replay stores each dead letter's original entry straight into `logs`, under its
+original stream id, and deletes the dead letter in the same PostgreSQL
+transaction: it happens exactly once or not at all, however often replay is run
+or wherever it is interrupted. Entries that still fail stay, with the new reason.
+Replayed logs move from the dead-lettered count to the persisted one.
 """
 
 from __future__ import annotations
@@ -14,28 +15,58 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 import psycopg
 import redis
 
-from collector import storage
+from collector import cache, storage
 from collector.clients import make_redis
 from collector.settings import Settings, load_settings
+from collector.stream import MalformedEntry, decode_entry
 
 
-def replay(conn: psycopg.Connection, client: redis.Redis, settings: Settings, ids: list[int] | None) -> list[str]:
-    """Re-queue the dead letters with these ids (all when None); returns the new stream ids."""
+@dataclass(frozen=True)
+class ReplayResult:
+    stored: int
+    still_failing: int
+
+
+def replay(conn: psycopg.Connection, client: redis.Redis, settings: Settings, ids: list[int] | None) -> ReplayResult:
+    """Store the dead letters with these ids (all when None); see the module doc."""
+    failures: list[tuple[int, str]] = []
     with conn.transaction():
-        rows = conn.execute(
-            "DELETE FROM dead_letters WHERE %(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s) RETURNING id, payload",
+        letters = conn.execute(
+            """
+            SELECT id, stream_id, payload FROM dead_letters
+            WHERE %(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s)
+            ORDER BY id FOR UPDATE SKIP LOCKED
+            """,
             {"ids": ids},
         ).fetchall()
-        if not rows:
-            return []
-        pipe = client.pipeline(transaction=True)
-        for _, payload in sorted(rows):
-            pipe.xadd(settings.stream, {k.encode(): v.encode() for k, v in payload.items()})
-        return [entry_id.decode() for entry_id in pipe.execute()]
+        rows, letter_of = [], {}
+        for letter_id, stream_id, payload in letters:
+            try:
+                row = decode_entry(stream_id, {k.encode(): v.encode() for k, v in payload.items()})
+            except MalformedEntry as exc:
+                failures.append((letter_id, f"replay: malformed entry: {exc}"))
+                continue
+            rows.append(row)
+            letter_of[row[0]] = letter_id
+        outcome = storage.store_rows(conn, rows, writer="replay")
+        failures += [(letter_of[row[0]], f"replay: rejected by PostgreSQL: {error}") for row, error in outcome.rejected]
+        failed = {letter_id for letter_id, _ in failures}
+        stored = [letter_id for letter_id in letter_of.values() if letter_id not in failed]
+        conn.execute("DELETE FROM dead_letters WHERE id = ANY(%s)", (stored,))
+        if failures:
+            conn.cursor().executemany(
+                "UPDATE dead_letters SET reason = %s, last_failed_at = now() WHERE id = %s",
+                [(reason, letter_id) for letter_id, reason in failures])
+    devices = {row[1] for row in rows}
+    pipe = client.pipeline(transaction=False)
+    cache.invalidate(pipe, settings.key_prefix, [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
+    pipe.execute()
+    return ReplayResult(stored=len(stored), still_failing=len(failures))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="print dead letters as JSON lines")
     listing.add_argument("--limit", type=int, default=100)
-    again = sub.add_parser("replay", help="re-queue dead letters into the stream")
-    which = again.add_mutually_exclusive_group(required=True)
+    again = sub.add_parser("replay", help="store dead letters after a fix")
+    which = again.add_mutually_exclusive_group(required=True)  # no accidental "replay everything"
     which.add_argument("--all", action="store_true")
     which.add_argument("--id", type=int, action="append", dest="ids")
     args = parser.parse_args(argv)
@@ -56,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(row, default=str))
             return 0
         client = make_redis(settings, timeout=5.0)
-        new_ids = replay(conn, client, settings, None if args.all else args.ids)
-        print(f"replayed {len(new_ids)} dead letter(s) into {settings.stream}")
-    return 0
+        result = replay(conn, client, settings, None if args.all else args.ids)
+        print(f"stored {result.stored} dead letter(s); {result.still_failing} still failing (see `list`)")
+    return 1 if result.still_failing else 0
 
 
 if __name__ == "__main__":

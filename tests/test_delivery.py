@@ -10,7 +10,7 @@ import time
 import pytest
 
 from collector import stream
-from collector.deadletters import replay
+from collector.deadletters import ReplayResult, replay
 from collector.drain import drain_batch, read_batch
 from tests.test_drain import enqueue
 
@@ -103,11 +103,20 @@ def test_replay_after_a_fix_stores_the_logs_and_the_books_balance(client, redis_
     finally:
         db.execute("ALTER TABLE logs DROP CONSTRAINT no_secrets")  # the fix
 
-    assert len(replay(db, redis_client, settings, ids=None)) == 5
-    drain_all(redis_client, db, settings)
+    # A replay while the bug is still there changes nothing but the reason.
+    db.execute("ALTER TABLE logs ADD CONSTRAINT no_secrets_yet CHECK (message NOT LIKE '%secret%')")
+    try:
+        assert replay(db, redis_client, settings, ids=None) == ReplayResult(stored=0, still_failing=5)
+    finally:
+        db.execute("ALTER TABLE logs DROP CONSTRAINT no_secrets_yet")
+    assert all(reason.startswith("replay: rejected") for reason in dead_letters(db).values())
+
+    assert replay(db, redis_client, settings, ids=None) == ReplayResult(stored=5, still_failing=0)
+    assert replay(db, redis_client, settings, ids=None) == ReplayResult(stored=0, still_failing=0)
     stats = client.get("/api/stats").get_json()["pipeline"]
     assert (stats["accepted"], stats["persisted"], stats["dead_lettered"]) == (50, 50, 0)
     assert db.execute("SELECT count(*) FROM logs WHERE message = 'secret'").fetchone()[0] == 5
+    assert db.execute("SELECT count(DISTINCT stream_id) FROM logs").fetchone()[0] == 50
 
 
 def test_backpressure_closes_at_high_water_and_reopens_below_low_water(app, redis_client, settings, db):
