@@ -45,10 +45,22 @@ class DrainResult:
         return self.read - self.inserted - self.dead_lettered
 
 
-def _xreadgroup(client: redis.Redis, settings: Settings, consumer: str, start: str) -> list[Entry]:
+# Entries delivered this often without being stored may be what kills workers: they
+# are then taken one at a time, so only the culprit's delivery count climbs to
+# MAX_DELIVERIES and the rest of its batch is stored.
+SUSPECT_AFTER = 3
+
+
+def suspect_after(settings: Settings) -> int:
+    """Below MAX_DELIVERIES, so that innocent entries get one delivery of their own."""
+    return max(1, min(SUSPECT_AFTER, settings.max_deliveries - 1))
+
+
+def _xreadgroup(client: redis.Redis, settings: Settings, consumer: str, start: str,
+                count: int | None = None) -> list[Entry]:
     try:
         reply = client.xreadgroup(settings.consumer_group, consumer, {settings.stream: start},
-                                  count=settings.batch_size)
+                                  count=count or settings.batch_size)
     except redis.ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
@@ -83,10 +95,27 @@ def _reclaim(client: redis.Redis, settings: Settings, consumer: str) -> list[Ent
     return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
 
 
+def _own_pending(client: redis.Redis, settings: Settings, consumer: str) -> list[Entry]:
+    """This consumer's delivered but unacknowledged entries (left by a crash or a failed run)."""
+    try:
+        pending = client.xpending_range(settings.stream, settings.consumer_group, min="-", max="+",
+                                        count=settings.batch_size, consumername=consumer)
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        # The stream or group is gone (a fresh or flushed Redis): recreate it.
+        ensure_group(client, settings.stream, settings.consumer_group)
+        return []
+    if not pending:
+        return []
+    suspect = max(p["times_delivered"] for p in pending) >= suspect_after(settings)
+    return _xreadgroup(client, settings, consumer, "0", count=1 if suspect else len(pending))
+
+
 def read_batch(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
     """Up to BATCH_SIZE entries, from the first source that has any: this consumer's
     unacknowledged entries, entries reclaimed from dead consumers, then new entries."""
-    entries = _xreadgroup(client, settings, consumer, "0")
+    entries = _own_pending(client, settings, consumer)
     if entries:
         return entries, "own-pending"
     entries = _reclaim(client, settings, consumer)
@@ -119,11 +148,16 @@ def drain_batch(
         return DrainResult(0, 0, 0, time.perf_counter() - started, full=False, source=source)
 
     deliveries = _delivery_counts(client, settings, consumer, entries) if source != "new" else {}
+    if source == "reclaimed" and max(deliveries.values(), default=1) >= suspect_after(settings):
+        entries = entries[:1]  # the rest are ours now, and will be read one at a time
+    overdue = [entry_id.decode() for entry_id, _ in entries if deliveries.get(entry_id, 1) > settings.max_deliveries]
+    # Rows committed before an XACK that never happened are not poison, just unacknowledged.
+    already_stored = storage.stored_stream_ids(conn, overdue) if overdue else set()
     letters: list[tuple[str, dict, str, int]] = []
     rows, fields_by_id = [], {}
     for entry_id, fields in entries:
         count = deliveries.get(entry_id, 1)
-        if count > settings.max_deliveries:
+        if count > settings.max_deliveries and entry_id.decode() not in already_stored:
             letters.append((entry_id.decode(), payload_of(fields),
                             f"delivered {count} times without being stored (max {settings.max_deliveries})", count))
             continue
@@ -152,7 +186,8 @@ def drain_batch(
     pipe.execute()
 
     result = DrainResult(len(entries), inserted, len(letters), time.perf_counter() - started,
-                         full=len(entries) >= settings.batch_size, source=source)
+                         # recovering: go on at once rather than one entry per tick
+                         full=len(entries) >= settings.batch_size or source != "new", source=source)
     metrics.LOGS_PERSISTED.inc(result.inserted)
     metrics.LOGS_DUPLICATE.inc(result.duplicates)
     metrics.LOGS_DEAD_LETTERED.inc(result.dead_lettered)

@@ -84,6 +84,12 @@ def store_rows(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> St
     return outcome
 
 
+def stored_stream_ids(conn: psycopg.Connection, stream_ids: Sequence[str]) -> set[str]:
+    """Which of these stream entries already have their row."""
+    rows = conn.execute("SELECT stream_id FROM logs WHERE stream_id = ANY(%s)", (list(stream_ids),))
+    return {stream_id for (stream_id,) in rows}
+
+
 def add_dead_letters(conn: psycopg.Connection, letters: Sequence[tuple[str, dict, str, int]]) -> None:
     """Record (stream_id, payload, reason, delivery_count); a repeat updates the reason and count."""
     with conn.transaction(), conn.cursor() as cur:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from collector import stream
+from collector import storage, stream
 from collector.deadletters import ReplayResult, replay
 from collector.drain import drain_batch, read_batch
 from tests.test_drain import enqueue
@@ -85,6 +85,35 @@ def test_an_entry_delivered_too_often_is_dead_lettered(redis_client, settings, d
     result = drain_batch(redis_client, db, settings, "c1")  # the fourth delivery
     assert (result.inserted, result.dead_lettered) == (0, 1)
     assert "delivered 4 times" in dead_letters(db)[entry_id]
+
+
+def test_a_crash_looping_batch_is_taken_apart_so_only_the_culprit_is_dead_lettered(redis_client, settings, db):
+    settings = dataclasses.replace(settings, max_deliveries=4)
+    ids = enqueue(redis_client, settings, 5)
+    for _ in range(3):  # the whole batch was delivered three times, and each time the worker died
+        read_batch(redis_client, settings, "c1")
+    # Now entries go one at a time; the first one kills the worker twice more.
+    for _ in range(2):
+        entries, source = read_batch(redis_client, settings, "c1")
+        assert source == "own-pending" and [e[0].decode() for e in entries] == [ids[0]]
+    results = [drain_batch(redis_client, db, settings, "c1") for _ in range(6)]
+    assert [(r.read, r.inserted, r.dead_lettered) for r in results[:5]] == [(1, 0, 1)] + [(1, 1, 0)] * 4
+    assert set(dead_letters(db)) == {ids[0]}
+    assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 4
+
+
+def test_an_overdue_entry_that_was_already_stored_is_acknowledged_not_dead_lettered(redis_client, settings, db):
+    settings = dataclasses.replace(settings, max_deliveries=2)
+    enqueue(redis_client, settings, 3)
+    entries, _ = read_batch(redis_client, settings, "c1")
+    storage.insert_logs(db, [stream.decode_entry(i, f) for i, f in entries], writer="c1")  # then XACK failed
+    for _ in range(3):
+        read_batch(redis_client, settings, "c1")
+    while drain_batch(redis_client, db, settings, "c1").read:
+        pass
+    assert dead_letters(db) == {}
+    assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 3
+    assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
 
 
 def test_replay_after_a_fix_stores_the_logs_and_the_books_balance(client, redis_client, settings, db):
