@@ -6,8 +6,10 @@ one `celery -A tasks.celery_app beat`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 
 # prometheus_client decides at import whether samples go to per-process files (so
@@ -16,6 +18,9 @@ import tempfile
 # setting the directory; metrics created from here on use files.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="collector-worker-metrics-")
+    # Removed when the process that made it exits (beat and flower make one too).
+    atexit.register(lambda owner=os.getpid(), path=os.environ["PROMETHEUS_MULTIPROC_DIR"]:
+                    os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
 from prometheus_client import values as _prometheus_values  # noqa: E402
 
 _prometheus_values.ValueClass = _prometheus_values.get_value_class()

@@ -192,6 +192,11 @@ def test_chunked_body_over_the_limit_gets_json_413(front):
     assert_nginx_413(response)
 
 
+def test_headers_too_large_get_json_400(front):
+    response = requests.get(f"{front['url']}/health", headers={"X-Big": "b" * 9000}, timeout=10)
+    assert_json_error(response, 400, "headers_too_large")
+
+
 # --- 429 -------------------------------------------------------------------------------------
 
 @pytest.fixture
