@@ -18,9 +18,14 @@ import tempfile
 # setting the directory; metrics created from here on use files.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="collector-worker-metrics-")
-    # Removed when the process that made it exits (beat and flower make one too).
-    atexit.register(lambda owner=os.getpid(), path=os.environ["PROMETHEUS_MULTIPROC_DIR"]:
-                    os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
+    _METRICS_DIR_OWNER = os.getpid()
+
+    @atexit.register
+    def _remove_metrics_dir() -> None:
+        # Only the process that made it (beat and flower make one too; pool children inherit it).
+        if os.getpid() == _METRICS_DIR_OWNER:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
 from prometheus_client import values as _prometheus_values  # noqa: E402
 
 _prometheus_values.ValueClass = _prometheus_values.get_value_class()
