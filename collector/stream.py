@@ -192,6 +192,14 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
+def register_consumer(client: redis.Redis, stream: str, group: str, consumer: str) -> None:
+    """Make a consumer visible in XINFO CONSUMERS before it has read anything (Redis
+    only creates consumers that receive entries), so operators and the bench can see
+    which drain processes are alive on an empty stream."""
+    ensure_group(client, stream, group)
+    client.xgroup_createconsumer(stream, group, consumer)
+
+
 def _group_figures(length: int, groups: list, group: str) -> dict:
     info = next((g for g in groups if g["name"].decode() == group), None)
     if info is None:  # no consumer group yet: nothing delivered

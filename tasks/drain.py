@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 
 from collector.drain import drain_batch
 from collector.settings import load_settings
-from collector.stream import trim_acknowledged
+from collector.stream import register_consumer, trim_acknowledged
 from tasks import resources
 
 settings = load_settings()
@@ -39,6 +39,9 @@ BEAT_SCHEDULE = {
 }
 
 
+_registered: set[str] = set()  # consumers of this process already registered in the group
+
+
 def consumer_name(worker_hostname: str | None) -> str:
     """Stable across restarts of the same worker (node name + pool process index), so a
     restarted process finds and finishes the entries its predecessor left pending."""
@@ -58,8 +61,12 @@ def consumer_name(worker_hostname: str | None) -> str:
 )
 def drain_stream(self) -> int:
     client, pool = resources.backends(settings)
+    consumer = consumer_name(self.request.hostname)
+    if consumer not in _registered:
+        register_consumer(client, settings.stream, settings.consumer_group, consumer)
+        _registered.add(consumer)
     with pool.connection() as conn:
-        result = drain_batch(client, conn, settings, consumer_name(self.request.hostname))
+        result = drain_batch(client, conn, settings, consumer)
     if result.full:
         drain_stream.apply_async()
     return result.read

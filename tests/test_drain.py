@@ -81,3 +81,10 @@ def test_acknowledged_entries_are_not_trimmed_unconsumed(redis_client, settings,
     enqueue(redis_client, settings, 120)
     drain_batch(redis_client, db, settings, "c1")
     assert redis_client.xlen(settings.stream) == 120
+
+
+def test_a_registered_consumer_is_visible_before_it_reads_anything(redis_client, settings):
+    stream.register_consumer(redis_client, settings.stream, settings.consumer_group, "worker-a-1")
+    stream.register_consumer(redis_client, settings.stream, settings.consumer_group, "worker-a-1")  # idempotent
+    consumers = redis_client.xinfo_consumers(settings.stream, settings.consumer_group)
+    assert [c["name"] for c in consumers] == [b"worker-a-1"]
