@@ -31,7 +31,7 @@ test: install ## Run the whole test suite against the local Redis and PostgreSQL
 	$(BIN)/pytest
 
 lint: install ## Static checks
-	$(BIN)/ruff check collector tasks tests locustfiles
+	$(BIN)/ruff check collector tasks tests locustfiles bench nginx
 
 bench: install ## Load the local stack with Locust and report accepted/persisted rates and latency
 	$(BIN)/python -m bench
