@@ -27,13 +27,6 @@ class ApiError(Exception):
         self.status, self.error, self.message, self.fields = status, error, message, fields
 
 
-class Unavailable(ApiError):
-    """A backend we need is down: 503 with Retry-After, never a 2xx."""
-
-    def __init__(self, backend: str, detail: str) -> None:
-        super().__init__(503, f"{backend}_unavailable", f"{backend} is unavailable ({detail}); retry later")
-
-
 class Overloaded(ApiError):
     """The backlog is over the high-water mark: 503 with Retry-After until it drains."""
 
