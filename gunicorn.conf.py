@@ -14,7 +14,7 @@ _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="collector-api-metrics-")
 
-wsgi_app = "collector.app:create_app()"
+wsgi_app = "collector.web.app:create_app()"
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8001')}")
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))

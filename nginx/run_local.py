@@ -13,9 +13,10 @@ it gets the template's JSON lines (collector_json).
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
+
+from collector.devtools.processes import nginx_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "collector.conf.template"
@@ -70,7 +71,7 @@ def render(template: str, env: dict) -> str:
 
 
 def main() -> None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    nginx = nginx_binary()
     if nginx is None:
         sys.exit("nginx is not installed: sudo apt-get install -y nginx (Debian/Ubuntu) or brew install nginx")
     env = {**DEFAULTS, "ACCESS_LOG_PARAMS": access_log_params(os.environ.get("NGINX_ACCESS_LOG", "")),

@@ -1,10 +1,12 @@
-"""The drain task and its beat schedule.
+"""The drain and trim tasks, and their beat schedule.
 
 Beat sends `drain_stream` every DRAIN_INTERVAL seconds (with an expiry shorter
 than the interval, so ticks never pile up while workers are busy or down). A
 run stores one batch of up to BATCH_SIZE entries; when the batch was full it
 sends itself again at once, so throughput is bound by the workers, not by the
-tick, and an idle system costs one XREADGROUP per tick.
+tick, and an idle system costs one XREADGROUP per tick. Task bodies are
+one-liners around collector.pipeline; they read settings from their app
+(tasks.celery_app.make_celery).
 """
 
 from __future__ import annotations
@@ -15,34 +17,35 @@ from celery import shared_task
 from celery.utils.log import current_process_index
 from psycopg_pool import PoolTimeout
 
-from collector.drain import drain_batch
-from collector.settings import load_settings
-from collector.stream import register_consumer, trim_acknowledged
+from collector.core.settings import Settings
+from collector.pipeline.drain import drain_batch
+from collector.pipeline.group import register_consumer
+from collector.pipeline.trim import trim_acknowledged
 from tasks import resources
-
-settings = load_settings()
 
 # Transient trouble only: anything else is a bug and should be seen, not retried.
 TRANSIENT_ERRORS = (psycopg.OperationalError, PoolTimeout, redis.ConnectionError, redis.TimeoutError)
 
-BEAT_SCHEDULE = {
-    "drain-stream": {
-        "task": "tasks.drain.drain_stream",
-        "schedule": settings.drain_interval,
-        "options": {"expires": settings.drain_interval * 0.9},
-    },
-    "trim-stream": {
-        "task": "tasks.drain.trim_stream",
-        "schedule": settings.trim_interval,
-        "options": {"expires": settings.trim_interval * 0.9},
-    },
-}
+
+def beat_schedule(settings: Settings) -> dict:
+    return {
+        "drain-stream": {
+            "task": "tasks.drain.drain_stream",
+            "schedule": settings.drain_interval,
+            "options": {"expires": settings.drain_interval * 0.9},
+        },
+        "trim-stream": {
+            "task": "tasks.drain.trim_stream",
+            "schedule": settings.trim_interval,
+            "options": {"expires": settings.trim_interval * 0.9},
+        },
+    }
 
 
 _registered: set[str] = set()  # consumers of this process already registered in the group
 
 
-def consumer_name(worker_hostname: str | None) -> str:
+def consumer_name(worker_hostname: str | None, settings: Settings) -> str:
     """Stable across restarts of the same worker (node name + pool process index), so a
     restarted process finds and finishes the entries its predecessor left pending."""
     return f"{worker_hostname or settings.instance_name}-{current_process_index() or 0}"
@@ -60,20 +63,22 @@ def consumer_name(worker_hostname: str | None) -> str:
     max_retries=3,
 )
 def drain_stream(self) -> int:
+    settings: Settings = self.app.collector_settings
     client, pool = resources.backends(settings)
-    consumer = consumer_name(self.request.hostname)
+    consumer = consumer_name(self.request.hostname, settings)
     if consumer not in _registered:
         register_consumer(client, settings.stream, settings.consumer_group, consumer)
         _registered.add(consumer)
     with pool.connection() as conn:
         result = drain_batch(client, conn, settings, consumer)
     if result.full:
-        drain_stream.apply_async()
+        self.apply_async()
     return result.read
 
 
-@shared_task(acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)
-def trim_stream() -> int:
+@shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)
+def trim_stream(self) -> int:
     """Keep Redis memory bounded: drop entries every group has acknowledged."""
+    settings: Settings = self.app.collector_settings
     client, _ = resources.backends(settings)
     return trim_acknowledged(client, settings.stream)

@@ -12,9 +12,9 @@ import os
 import redis
 from psycopg_pool import ConnectionPool
 
-from collector.clients import make_db_pool, make_redis
-from collector.settings import Settings
-from collector.stream import ensure_group
+from collector.core.clients import make_db_pool, make_redis
+from collector.core.settings import Settings
+from collector.pipeline.group import ensure_group
 
 log = logging.getLogger(__name__)
 _state: dict = {}

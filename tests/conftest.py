@@ -19,9 +19,9 @@ import pytest
 import redis
 from psycopg import sql
 
-from collector.app import create_app
-from collector.migrate import migrate
-from collector.settings import Settings, load_settings
+from collector.core.settings import Settings, load_settings
+from collector.store.migrations import migrate
+from collector.web.app import create_app
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

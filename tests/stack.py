@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import requests
 
-from collector.migrate import migrate
+from collector.store.migrations import migrate
 from tests.processes import BIN, ROOT, Process, free_port, redis_server, wait_http_ok, wait_until
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.drain import drain_batch
+from collector.pipeline.drain import drain_batch
 
 
 def log(i: int = 0, device: str = "dev-1", **changes) -> dict:

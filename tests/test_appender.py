@@ -7,7 +7,8 @@ import threading
 
 import redis
 
-from collector.stream import Appender
+from collector.pipeline import counters
+from collector.pipeline.producer import Appender
 
 
 def entries_for(caller: int, n: int) -> list[dict]:
@@ -15,7 +16,7 @@ def entries_for(caller: int, n: int) -> list[dict]:
 
 
 def test_concurrent_callers_get_their_own_ids_in_order(redis_client, settings):
-    appender = Appender(redis_client, settings, max_entries=50)
+    appender = Appender(redis_client, settings.stream, counters.accepted_hook(settings), max_entries=50)
     results: dict[int, list[str]] = {}
     start = threading.Barrier(40)
 
@@ -38,7 +39,7 @@ def test_concurrent_callers_get_their_own_ids_in_order(redis_client, settings):
 def test_every_caller_of_a_failed_group_gets_the_error(settings):
     dead = dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0")
     client = redis.Redis.from_url(dead.redis_url, socket_connect_timeout=0.2)
-    appender = Appender(client, dead)
+    appender = Appender(client, dead.stream, counters.accepted_hook(dead))
     errors = []
 
     def call(caller: int) -> None:
@@ -59,7 +60,7 @@ def test_every_caller_of_a_failed_group_gets_the_error(settings):
 def test_a_request_killed_while_queued_does_not_stall_the_others(redis_client, settings):
     """Simulates a greenlet killed while waiting its turn: it leaves the queue, and a
     request promoted to sender just as it dies passes the turn on."""
-    appender = Appender(redis_client, settings)
+    appender = Appender(redis_client, settings.stream, counters.accepted_hook(settings))
 
     class Killed(BaseException):
         pass
@@ -69,7 +70,7 @@ def test_a_request_killed_while_queued_does_not_stall_the_others(redis_client, s
             raise Killed
 
     appender._busy = True  # someone else is sending
-    from collector import stream as stream_module
+    from collector.pipeline import producer as stream_module
 
     original = stream_module.threading.Event
     stream_module.threading.Event = DiesWaiting

@@ -445,7 +445,7 @@ def test_dockerignore_excludes_local_state(path: str):
 
 
 def test_dockerignore_keeps_what_the_image_needs():
-    needed = ["setup.cfg", "pyproject.toml", "gunicorn.conf.py", "collector/app.py", "collector/migrate.py",
+    needed = ["setup.cfg", "pyproject.toml", "gunicorn.conf.py", "collector/web/app.py", "collector/migrate.py",
               "tasks/celery_app.py", "migrations/0001.create-logs.sql", "README.md"]
     for k, args in dockerfile_instructions():
         if k == "COPY":

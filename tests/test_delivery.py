@@ -9,9 +9,11 @@ import time
 
 import pytest
 
-from collector import storage, stream
-from collector.deadletters import ReplayResult, replay
-from collector.drain import drain_batch, read_batch
+from collector.pipeline import codec as stream
+from collector.pipeline import counters, group, producer, trim
+from collector.pipeline.drain import drain_batch, read_batch
+from collector.pipeline.replay import ReplayResult, replay
+from collector.store import logs as storage
 from tests.test_drain import enqueue
 
 
@@ -41,7 +43,7 @@ def empty_dead_letters(db):
 
 
 def test_poison_is_isolated_and_dead_lettered_with_the_reason(redis_client, settings, db):
-    stream.ensure_group(redis_client, settings.stream, settings.consumer_group)
+    group.ensure_group(redis_client, settings.stream, settings.consumer_group)
     ids = {}
     for i in range(40):
         fields = good_fields(i)
@@ -170,7 +172,7 @@ def test_trim_removes_only_acknowledged_entries(redis_client, settings, db):
     for _ in range(6):
         drain_batch(redis_client, db, settings, "c1")  # 600 stored and acknowledged
     read_batch(redis_client, settings, "c2")  # 100 delivered but not acknowledged
-    trimmed = stream.trim_acknowledged(redis_client, settings.stream)
+    trimmed = trim.trim_acknowledged(redis_client, settings.stream)
     assert 0 < trimmed <= 600
     remaining = {e[0].decode() for e in redis_client.xrange(settings.stream)}
     assert set(ids[600:]) <= remaining  # pending and undelivered entries all kept
@@ -184,10 +186,10 @@ def test_trim_keeps_up_with_large_acknowledged_backlogs(redis_client, settings, 
     entries = [stream.encode_entry({"device_id": "d", "log_level": "INFO", "message": "m", "log_data": None,
                                     "timestamp": None}, dt.datetime.now(dt.UTC))] * 1000
     for _ in range(30):
-        stream.append(redis_client, settings, entries)
-    stream.ensure_group(redis_client, settings.stream, settings.consumer_group)
+        producer.append(redis_client, settings.stream, entries, counters.accepted_hook(settings))
+    group.ensure_group(redis_client, settings.stream, settings.consumer_group)
     # Deliver and acknowledge everything without storing (this test is about Redis memory only).
     while batch := redis_client.xreadgroup(settings.consumer_group, "c", {settings.stream: ">"}, count=5000):
         redis_client.xack(settings.stream, settings.consumer_group, *[i for i, _ in batch[0][1]])
-    assert stream.trim_acknowledged(redis_client, settings.stream) > 25_000
+    assert trim.trim_acknowledged(redis_client, settings.stream) > 25_000
     assert redis_client.xlen(settings.stream) < 1_000

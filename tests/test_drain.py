@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from collector import storage, stream
-from collector.drain import drain_batch, read_batch
-from collector.schemas import log_schema
+from collector.pipeline import codec as stream
+from collector.pipeline import counters, group, producer
+from collector.pipeline.drain import drain_batch, read_batch
+from collector.store import logs as storage
+from collector.web.schemas import log_schema
 
 SCHEMA = log_schema(10_000, 16_384)
 
@@ -16,7 +18,7 @@ def enqueue(redis_client, settings, n: int, device: str = "dev-1") -> list[str]:
     now = dt.datetime.now(dt.UTC)
     entries = [stream.encode_entry(SCHEMA.load({"device_id": device, "log_level": "INFO", "message": f"m{i}"}), now)
                for i in range(n)]
-    return stream.append(redis_client, settings, entries)
+    return producer.append(redis_client, settings.stream, entries, counters.accepted_hook(settings))
 
 
 def count(db) -> int:
@@ -71,7 +73,7 @@ def test_entries_added_before_the_group_existed_are_drained(redis_client, settin
 
 
 def test_idle_run_is_one_cheap_read(redis_client, settings, db):
-    stream.ensure_group(redis_client, settings.stream, settings.consumer_group)
+    group.ensure_group(redis_client, settings.stream, settings.consumer_group)
     result = drain_batch(redis_client, db, settings, "c1")
     assert (result.read, result.full) == (0, False)
 
@@ -84,7 +86,7 @@ def test_acknowledged_entries_are_not_trimmed_unconsumed(redis_client, settings,
 
 
 def test_a_registered_consumer_is_visible_before_it_reads_anything(redis_client, settings):
-    stream.register_consumer(redis_client, settings.stream, settings.consumer_group, "worker-a-1")
-    stream.register_consumer(redis_client, settings.stream, settings.consumer_group, "worker-a-1")  # idempotent
+    group.register_consumer(redis_client, settings.stream, settings.consumer_group, "worker-a-1")
+    group.register_consumer(redis_client, settings.stream, settings.consumer_group, "worker-a-1")  # idempotent
     consumers = redis_client.xinfo_consumers(settings.stream, settings.consumer_group)
     assert [c["name"] for c in consumers] == [b"worker-a-1"]

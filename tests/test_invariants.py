@@ -9,8 +9,8 @@ import sys
 import psycopg
 from psycopg import sql
 
-from collector.migrate import migrate
-from collector.settings import settings_table
+from collector.core.settings import settings_table
+from collector.store.migrations import migrate
 from tests.conftest import ADMIN_DATABASE_URL, database_url
 from tests.processes import ROOT
 
@@ -46,7 +46,7 @@ def test_every_beat_entry_names_a_registered_task_and_expires_before_its_next_ru
 
 def test_readme_settings_table_matches_the_settings_module():
     readme = (ROOT / "README.md").read_text()
-    assert settings_table() in readme, "README's settings table is stale: python -m collector.settings"
+    assert settings_table() in readme, "README's settings table is stale: python -m collector.core.settings"
 
 
 def test_readme_gives_the_commands_ci_and_make_use():

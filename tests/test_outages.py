@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from collector.app import create_app
+from collector.web.app import create_app
 from tests.processes import free_port, wait_until
 from tests.stack import ThrowawayRedis
 

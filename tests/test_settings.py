@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from collector.settings import SettingsError, load_settings
+from collector.core.settings import SettingsError, load_settings
 
 
 def test_defaults_match_the_documented_ones():

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from collector.schemas import log_schema
-from collector.stream import MalformedEntry, decode_entry, encode_entry
+from collector.pipeline.codec import MalformedEntry, decode_entry, encode_entry
+from collector.web.schemas import log_schema
 
 RECEIVED = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 

@@ -17,10 +17,8 @@ from typing import Any
 import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# \Z, not $: $ also matches before a trailing newline, which would let a 101-character id through.
-DEVICE_ID_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}\Z"
-DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+from collector.core.model import DEVICE_ID_RE, LEVELS
+
 # An escaped NUL in compact JSON: "\u0000" preceded by an even number of backslashes.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UTC = dt.UTC

@@ -1,35 +1,36 @@
 """JSON log lines for the API and the workers, one configuration for both.
 
-Every record carries the instance name, and, when there is one, the request id
+Every record carries the instance name and, when there is one, the request id
 (nginx's X-Request-Id, so a line can be matched with nginx's access log) or the
-Celery task id.
+Celery task id. The web layer and the task layer set those in `log_context`;
+contextvars are per greenlet under gevent, so concurrent requests keep theirs
+apart, and this module needs to know neither Flask nor Celery.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-from collector.settings import Settings
+from collector.core.settings import Settings
+
+# {"request_id": ...} or {"task_id": ...} for the request or task being handled.
+log_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("log_context", default=None)
 
 _configured = False
 
 
 class ContextFilter(logging.Filter):
-    """Adds request_id / task_id to records logged inside a request or a task."""
+    """Adds the current request_id / task_id to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from flask import has_request_context, request
-
-        if has_request_context():
-            record.request_id = request.headers.get("X-Request-Id")
-        else:
-            from celery import current_task
-
-            if current_task and current_task.request.id:
-                record.task_id = current_task.request.id
+        context = log_context.get()
+        if context:
+            for key, value in context.items():
+                setattr(record, key, value)
         return True
 
 

@@ -3,7 +3,7 @@
 Each setting has a type, a default and one line of documentation; `load_settings()`
 checks them all and fails with a message naming the variable, so a typo stops
 start-up instead of surfacing as a strange error under load. The README's
-settings table is generated from the same list (`python -m collector.settings`).
+settings table is generated from the same list (`python -m collector.core.settings`).
 """
 
 from __future__ import annotations

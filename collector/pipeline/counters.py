@@ -11,7 +11,7 @@ import logging
 
 import redis
 
-from collector.settings import Settings
+from collector.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +48,12 @@ def read(client: redis.Redis, settings: Settings) -> dict:
         "rejected_by_reason": {k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("rejected:")},
         "duplicates_skipped": raw.get("duplicates_skipped", 0),
     }
+
+
+def accepted_hook(settings: Settings):
+    """For producer.append / Appender: count the entries as accepted in their own transaction."""
+
+    def count(pipe: redis.client.Pipeline, n: int) -> None:
+        add_accepted(pipe, settings, n)
+
+    return count

@@ -10,8 +10,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from collector import schemas
-from collector.settings import Settings
+from collector.core.settings import Settings
+from collector.web import schemas
 
 docs = Blueprint("docs", __name__)
 

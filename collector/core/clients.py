@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from collector.settings import Settings
+from collector.core.settings import Settings
 
 
 def make_redis(settings: Settings, timeout: float | None = None, retries: int = 0) -> redis.Redis:

@@ -15,8 +15,8 @@ import time
 
 import redis
 
-from collector.settings import Settings
-from collector.stream import backlog_and_memory
+from collector.core.settings import Settings
+from collector.pipeline.group import backlog_and_memory
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
-from collector import cache, counters, metrics, storage
-from collector.settings import Settings
-from collector.stream import MalformedEntry, decode_entry, ensure_group
+from collector.core import metrics
+from collector.core.settings import Settings
+from collector.pipeline import cache, counters
+from collector.pipeline.codec import MalformedEntry, decode_entry, payload_of
+from collector.pipeline.group import ensure_group
+from collector.store import deadletters
+from collector.store import logs as storage
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +134,6 @@ def _delivery_counts(client: redis.Redis, settings: Settings, consumer: str, ent
     return {p["message_id"]: p["times_delivered"] for p in pending}
 
 
-def payload_of(fields: dict) -> dict:
-    """An entry's fields as JSON-able text for the dead-letter store (NULs escaped, which jsonb refuses)."""
-    def text(value: bytes) -> str:
-        return value.decode("utf-8", "backslashreplace").replace("\x00", "\\u0000")
-
-    return {text(k): text(v) for k, v in fields.items()}
-
-
 def drain_batch(
     client: redis.Redis, conn: psycopg.Connection, settings: Settings, consumer: str
 ) -> DrainResult:
@@ -172,7 +168,7 @@ def drain_batch(
         letters.append((row[0], payload_of(fields_by_id[row[0]]), f"rejected by PostgreSQL: {error}",
                         deliveries.get(row[0].encode(), 1)))
     if letters:
-        storage.add_dead_letters(conn, letters)
+        deadletters.add(conn, letters)
         log.warning("dead-lettered entries", extra={"entries": [(i, reason) for i, _, reason, _ in letters]})
 
     inserted = sum(outcome.inserted.values())

@@ -16,7 +16,9 @@ from flask import Flask, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from collector import counters, metrics
+from collector.core import metrics
+from collector.pipeline import counters
+from collector.web.extensions import backends, settings
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ INGEST_ENDPOINTS = {"api.ingest_log", "api.ingest_batch"}
 def _count_if_rejected_log(status: int, error: str) -> None:
     """Rejected ingest requests are part of the pipeline's accounting (by reason)."""
     if 400 <= status < 500 and request.endpoint in INGEST_ENDPOINTS:
-        from collector.app import backends, settings
-
         counters.add_rejected(backends().redis, settings(), error)
         metrics.REQUESTS_REJECTED.labels(error).inc()
 

@@ -1,4 +1,4 @@
-"""PostgreSQL: storing drained batches and reading logs back.
+"""The `logs` table and its counters: storing drained batches and reading logs back.
 
 Every function takes an open psycopg connection; callers own pools and
 transactions' lifetimes, so the API, the Celery tasks, the CLI and the tests
@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from collector.schemas import LEVELS
-from collector.stream import Row
+from collector.core.model import LEVELS, Row
 
 INSERT_LOG = """
     INSERT INTO logs (stream_id, device_id, log_level, message, log_data, created_at, received_at)
@@ -88,36 +86,6 @@ def stored_stream_ids(conn: psycopg.Connection, stream_ids: Sequence[str]) -> se
     """Which of these stream entries already have their row."""
     rows = conn.execute("SELECT stream_id FROM logs WHERE stream_id = ANY(%s)", (list(stream_ids),))
     return {stream_id for (stream_id,) in rows}
-
-
-def add_dead_letters(conn: psycopg.Connection, letters: Sequence[tuple[str, dict, str, int]]) -> None:
-    """Record (stream_id, payload, reason, delivery_count); a repeat updates the reason and count."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(
-            """
-            INSERT INTO dead_letters (stream_id, payload, reason, delivery_count)
-            VALUES (%s, %s, %s, %s)
-            ON CONFLICT (stream_id) DO UPDATE SET
-                reason = EXCLUDED.reason, delivery_count = EXCLUDED.delivery_count, last_failed_at = now()
-            """,
-            [(stream_id, Jsonb(payload), reason, count) for stream_id, payload, reason, count in letters],
-        )
-
-
-def list_dead_letters(conn: psycopg.Connection, limit: int, after_id: int = 0) -> list[dict]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            """
-            SELECT id, stream_id, payload, reason, delivery_count, first_failed_at, last_failed_at
-            FROM dead_letters WHERE id > %s ORDER BY id LIMIT %s
-            """,
-            (after_id, limit),
-        )
-        return cur.fetchall()
-
-
-def count_dead_letters(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
 
 
 def device_logs(conn: psycopg.Connection, device_id: str, limit: int) -> list[dict]:

@@ -1,0 +1,59 @@
+"""Stream entries: one per log, with short field names and values kept as text.
+
+The API does no JSON work beyond `log_data`, and the drain hands the values to
+PostgreSQL without decoding JSON at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from collector.core.model import Row
+
+# Field names in the stream entry; short because every entry repeats them.
+DEVICE, LEVEL, MESSAGE, DATA, CREATED, RECEIVED = b"d", b"l", b"m", b"j", b"t", b"r"
+
+
+class MalformedEntry(ValueError):
+    """A stream entry that is not one of ours (missing or undecodable fields)."""
+
+
+def encode_entry(log: dict, received_at: dt.datetime) -> dict[bytes, bytes | str]:
+    """Stream fields for one validated log (the output of collector.web.schemas.log_schema().load)."""
+    received = received_at.isoformat()
+    timestamp = log.get("timestamp")
+    fields: dict[bytes, bytes | str] = {
+        DEVICE: log["device_id"],
+        LEVEL: log["log_level"],
+        MESSAGE: log["message"],
+        CREATED: timestamp.isoformat() if timestamp is not None else received,
+        RECEIVED: received,
+    }
+    if log.get("log_data") is not None:
+        fields[DATA] = log["log_data"]  # already compact JSON bytes
+    return fields
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Row:
+    """The `logs` row for one stream entry; raises MalformedEntry if it is not ours."""
+    try:
+        data = fields.get(DATA)
+        return (
+            entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            fields[DEVICE].decode(),
+            fields[LEVEL].decode(),
+            fields[MESSAGE].decode(),
+            data.decode() if data is not None else None,
+            fields[CREATED].decode(),
+            fields[RECEIVED].decode(),
+        )
+    except (KeyError, UnicodeDecodeError, AttributeError) as exc:
+        raise MalformedEntry(f"entry {entry_id!r}: {exc!r}") from None
+
+
+def payload_of(fields: dict) -> dict:
+    """An entry's fields as JSON-able text for the dead-letter store (NULs escaped, which jsonb refuses)."""
+    def text(value: bytes) -> str:
+        return value.decode("utf-8", "backslashreplace").replace("\x00", "\\u0000")
+
+    return {text(k): text(v) for k, v in fields.items()}

@@ -1,0 +1,28 @@
+"""Stream figures as Prometheus gauges, read from Redis at scrape time."""
+
+from __future__ import annotations
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+
+from collector.pipeline.group import pipeline_stats
+
+
+class StreamCollector:
+    """Stream length, pending and lag of one stream and consumer group."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str) -> None:
+        self.client, self.stream, self.group = client, stream, group
+
+    def collect(self):
+        try:
+            figures = pipeline_stats(self.client, self.stream, self.group)
+        except redis.RedisError:
+            return
+        for name, key, doc in (
+            ("collector_stream_length", "stream_length", "Entries in the Redis Stream (stored or not)."),
+            ("collector_stream_pending", "pending", "Entries delivered to a drain but not yet acknowledged."),
+            ("collector_stream_lag", "lag", "Entries not yet delivered to any drain."),
+        ):
+            if figures.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=figures[key])

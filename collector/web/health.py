@@ -1,0 +1,39 @@
+"""/health, for load balancers and people: can this instance reach Redis and PostgreSQL?"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from collector.store import logs as storage
+from collector.web.extensions import backends, settings
+
+
+def health():
+    s = settings()
+    b = backends()
+    checks, errors = {}, {}
+    started = time.perf_counter()
+    try:
+        b.redis.ping()
+        checks["redis"] = True
+    except Exception as exc:  # any failure is a failed check, reported by name
+        checks["redis"], errors["redis"] = False, repr(exc)
+    try:
+        with b.db.connection(timeout=min(1.0, s.db_timeout)) as conn:
+            storage.ping(conn)
+        checks["postgres"] = True
+    except Exception as exc:
+        checks["postgres"], errors["postgres"] = False, repr(exc)
+    healthy = all(checks.values())
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "instance": s.instance_name,
+        "checks": checks,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    if errors:
+        body["errors"] = errors
+    headers = {} if healthy else {"Retry-After": str(s.retry_after)}
+    return body, 200 if healthy else 503, headers

@@ -1,0 +1,49 @@
+"""Reading logs back: a device's logs and the collector's stats (cached, invalidated on commit)."""
+
+from __future__ import annotations
+
+from flask import request
+
+from collector.core.model import DEVICE_ID_RE
+from collector.pipeline import cache, counters
+from collector.pipeline.group import pipeline_stats
+from collector.store import deadletters
+from collector.store import logs as storage
+from collector.web.errors import ApiError
+from collector.web.extensions import backends, settings
+from collector.web.schemas import LogOut, query_args_schema
+
+_log_out = LogOut(many=True)
+
+
+def device_logs(device_id: str):
+    s = settings()
+    if not DEVICE_ID_RE.match(device_id):
+        raise ApiError(422, "validation_failed", "The device id in the path is invalid; see fields.",
+                       {"device_id": ["Must be 1-100 characters: letters, digits and . _ : @ -."]})
+    limit = query_args_schema(s.max_query_limit).load(request.args.to_dict())["limit"]
+    b = backends()
+
+    def from_database() -> list[dict]:
+        with b.db.connection() as conn:
+            return _log_out.dump(storage.device_logs(conn, device_id, limit))
+
+    data, source = cache.cached(b.redis, s.key_prefix, cache.device_scope(device_id), str(limit),
+                                s.logs_cache_ttl, from_database)
+    return {"total": len(data), "source": source, "data": data}
+
+
+def stats():
+    s = settings()
+    b = backends()
+
+    def from_database() -> dict:
+        with b.db.connection() as conn:
+            return {**storage.table_stats(conn), "dead_lettered": deadletters.count(conn)}
+
+    table, source = cache.cached(b.redis, s.key_prefix, cache.STATS_SCOPE, "table", s.stats_cache_ttl,
+                                 from_database)
+    dead_lettered = table.pop("dead_lettered")
+    pipeline = pipeline_stats(b.redis, s.stream, s.consumer_group)
+    pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **counters.read(b.redis, s))
+    return {**table, "pipeline": pipeline, "source": source}
