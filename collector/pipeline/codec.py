@@ -12,6 +12,7 @@ from collector.core.model import Row
 
 # Field names in the stream entry; short because every entry repeats them.
 DEVICE, LEVEL, MESSAGE, DATA, CREATED, RECEIVED = b"d", b"l", b"m", b"j", b"t", b"r"
+BOOT, SEQ = b"b", b"s"  # only when the device numbers its logs
 
 
 class MalformedEntry(ValueError):
@@ -31,14 +32,18 @@ def encode_entry(log: dict, received_at: dt.datetime) -> dict[bytes, bytes | str
     }
     if log.get("log_data") is not None:
         fields[DATA] = log["log_data"]  # already compact JSON bytes
+    if log.get("seq") is not None:
+        fields[BOOT], fields[SEQ] = log["boot_id"], str(log["seq"])
     return fields
 
 
-def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Row:
-    """The `logs` row for one stream entry; raises MalformedEntry if it is not ours."""
+def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Row:
+    """The `logs` row for one entry of `stream` (its identity: group.stream_identity);
+    raises MalformedEntry if the entry is not ours."""
     try:
-        data = fields.get(DATA)
+        data, boot, seq = fields.get(DATA), fields.get(BOOT), fields.get(SEQ)
         return (
+            stream,
             entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
             fields[DEVICE].decode(),
             fields[LEVEL].decode(),
@@ -46,8 +51,10 @@ def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Row:
             data.decode() if data is not None else None,
             fields[CREATED].decode(),
             fields[RECEIVED].decode(),
+            boot.decode() if boot is not None else None,
+            int(seq) if seq is not None else None,
         )
-    except (KeyError, UnicodeDecodeError, AttributeError) as exc:
+    except (KeyError, UnicodeDecodeError, AttributeError, ValueError) as exc:
         raise MalformedEntry(f"entry {entry_id!r}: {exc!r}") from None
 
 

@@ -5,8 +5,9 @@ group until their rows are committed (or their dead letters are); only then
 are they acknowledged, in one XACK. A crash anywhere before the XACK leaves
 them pending: the same consumer reads its pending entries first when it comes
 back, and a live worker reclaims those of a consumer that never comes back
-(XAUTOCLAIM). Re-inserting them is harmless, because ON CONFLICT on the stream
-id turns it into a no-op. So nothing is lost and nothing is stored twice.
+(XAUTOCLAIM). Re-inserting them is harmless, because ON CONFLICT on the entry's
+identity (its stream's key and incarnation, and its id: group.stream_identity)
+turns it into a no-op. So nothing is lost and nothing is stored twice.
 
 Nothing is dropped silently either: an entry that is not ours, that PostgreSQL
 rejects, or that keeps being delivered without ever being stored goes to the
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg
 import redis
@@ -26,7 +29,7 @@ from collector.core import metrics
 from collector.core.settings import Settings
 from collector.pipeline import cache, counters
 from collector.pipeline.codec import MalformedEntry, decode_entry, payload_of
-from collector.pipeline.group import ensure_group
+from collector.pipeline.group import ensure_group, epoch_key, stream_identity
 from collector.store import deadletters
 from collector.store import logs as storage
 
@@ -60,20 +63,38 @@ def suspect_after(settings: Settings) -> int:
     return max(1, min(SUSPECT_AFTER, settings.max_deliveries - 1))
 
 
+class Batch(NamedTuple):
+    entries: list[Entry]
+    source: str  # new | own-pending | reclaimed
+    stream: str  # the entries' stream identity (group.stream_identity); "" when there are none
+
+
+def _read_with_identity(client: redis.Redis, settings: Settings,
+                        queue_read: Callable[[redis.client.Pipeline], object]) -> tuple[object, str]:
+    """Run one read command in a MULTI with the stream's epoch, so the entries and the
+    identity they are stored under come from the same Redis, whatever replaces it when."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(epoch_key(settings.stream))
+    queue_read(pipe)
+    epoch, reply = pipe.execute(raise_on_error=False)
+    if isinstance(epoch, Exception):
+        raise epoch
+    return reply, stream_identity(client, settings.stream, epoch)
+
+
 def _xreadgroup(client: redis.Redis, settings: Settings, consumer: str, start: str,
-                count: int | None = None) -> list[Entry]:
-    try:
-        reply = client.xreadgroup(settings.consumer_group, consumer, {settings.stream: start},
-                                  count=count or settings.batch_size)
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
+                count: int | None = None) -> tuple[list[Entry], str]:
+    reply, identity = _read_with_identity(client, settings, lambda pipe: pipe.xreadgroup(
+        settings.consumer_group, consumer, {settings.stream: start}, count=count or settings.batch_size))
+    if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
         # The stream or group is gone (a fresh or flushed Redis): recreate it; nothing to read yet.
         ensure_group(client, settings.stream, settings.consumer_group)
-        return []
+        return [], identity
+    if isinstance(reply, Exception):
+        raise reply
     entries = reply[0][1] if reply else []
     _ack_vanished(client, settings, [entry_id for entry_id, fields in entries if fields is None])
-    return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+    return [(entry_id, fields) for entry_id, fields in entries if fields is not None], identity
 
 
 def _ack_vanished(client: redis.Redis, settings: Settings, ids: list[bytes]) -> None:
@@ -85,21 +106,21 @@ def _ack_vanished(client: redis.Redis, settings: Settings, ids: list[bytes]) -> 
         client.xack(settings.stream, settings.consumer_group, *ids)
 
 
-def _reclaim(client: redis.Redis, settings: Settings, consumer: str) -> list[Entry]:
+def _reclaim(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
     """Entries idle too long on another consumer (a worker that died): take them over."""
-    try:
-        _, entries, deleted = client.xautoclaim(
-            settings.stream, settings.consumer_group, consumer,
-            min_idle_time=int(settings.claim_idle_seconds * 1000), start_id="0-0", count=settings.batch_size)
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        return []
+    reply, identity = _read_with_identity(client, settings, lambda pipe: pipe.xautoclaim(
+        settings.stream, settings.consumer_group, consumer,
+        min_idle_time=int(settings.claim_idle_seconds * 1000), start_id="0-0", count=settings.batch_size))
+    if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
+        return [], identity
+    if isinstance(reply, Exception):
+        raise reply
+    _, entries, deleted = reply
     _ack_vanished(client, settings, list(deleted))
-    return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
+    return [(entry_id, fields) for entry_id, fields in entries if fields is not None], identity
 
 
-def _own_pending(client: redis.Redis, settings: Settings, consumer: str) -> list[Entry]:
+def _own_pending(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
     """This consumer's delivered but unacknowledged entries (left by a crash or a failed run)."""
     try:
         pending = client.xpending_range(settings.stream, settings.consumer_group, min="-", max="+",
@@ -109,23 +130,24 @@ def _own_pending(client: redis.Redis, settings: Settings, consumer: str) -> list
             raise
         # The stream or group is gone (a fresh or flushed Redis): recreate it.
         ensure_group(client, settings.stream, settings.consumer_group)
-        return []
+        return [], ""
     if not pending:
-        return []
+        return [], ""
     suspect = max(p["times_delivered"] for p in pending) >= suspect_after(settings)
     return _xreadgroup(client, settings, consumer, "0", count=1 if suspect else len(pending))
 
 
-def read_batch(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
+def read_batch(client: redis.Redis, settings: Settings, consumer: str) -> Batch:
     """Up to BATCH_SIZE entries, from the first source that has any: this consumer's
     unacknowledged entries, entries reclaimed from dead consumers, then new entries."""
-    entries = _own_pending(client, settings, consumer)
+    entries, identity = _own_pending(client, settings, consumer)
     if entries:
-        return entries, "own-pending"
-    entries = _reclaim(client, settings, consumer)
+        return Batch(entries, "own-pending", identity)
+    entries, identity = _reclaim(client, settings, consumer)
     if entries:
-        return entries, "reclaimed"
-    return _xreadgroup(client, settings, consumer, ">"), "new"
+        return Batch(entries, "reclaimed", identity)
+    entries, identity = _xreadgroup(client, settings, consumer, ">")
+    return Batch(entries, "new", identity if entries else "")
 
 
 def _delivery_counts(client: redis.Redis, settings: Settings, consumer: str, entries: list[Entry]) -> dict:
@@ -139,7 +161,7 @@ def drain_batch(
 ) -> DrainResult:
     """Store one batch and acknowledge it; returns what was read, inserted and dead-lettered."""
     started = time.perf_counter()
-    entries, source = read_batch(client, settings, consumer)
+    entries, source, stream = read_batch(client, settings, consumer)
     if not entries:
         return DrainResult(0, 0, 0, time.perf_counter() - started, full=False, source=source)
 
@@ -148,7 +170,7 @@ def drain_batch(
         entries = entries[:1]  # the rest are ours now, and will be read one at a time
     overdue = [entry_id.decode() for entry_id, _ in entries if deliveries.get(entry_id, 1) > settings.max_deliveries]
     # Rows committed before an XACK that never happened are not poison, just unacknowledged.
-    already_stored = storage.stored_stream_ids(conn, overdue) if overdue else set()
+    already_stored = storage.stored_stream_ids(conn, stream, overdue) if overdue else set()
     letters: list[tuple[str, dict, str, int]] = []
     rows, fields_by_id = [], {}
     for entry_id, fields in entries:
@@ -158,21 +180,21 @@ def drain_batch(
                             f"delivered {count} times without being stored (max {settings.max_deliveries})", count))
             continue
         try:
-            rows.append(decode_entry(entry_id, fields))
-            fields_by_id[rows[-1][0]] = fields
+            rows.append(decode_entry(stream, entry_id, fields))
+            fields_by_id[rows[-1][1]] = fields
         except MalformedEntry as exc:
             letters.append((entry_id.decode(), payload_of(fields), f"malformed entry: {exc}", count))
 
     outcome = storage.store_rows(conn, rows, writer=consumer)
     for row, error in outcome.rejected:
-        letters.append((row[0], payload_of(fields_by_id[row[0]]), f"rejected by PostgreSQL: {error}",
-                        deliveries.get(row[0].encode(), 1)))
+        letters.append((row[1], payload_of(fields_by_id[row[1]]), f"rejected by PostgreSQL: {error}",
+                        deliveries.get(row[1].encode(), 1)))
     if letters:
-        deadletters.add(conn, letters)
+        deadletters.add(conn, stream, letters)
         log.warning("dead-lettered entries", extra={"entries": [(i, reason) for i, _, reason, _ in letters]})
 
     inserted = sum(outcome.inserted.values())
-    devices = {row[1] for row in rows}
+    devices = {row[2] for row in rows}
     # MULTI/EXEC: if Redis refuses the cache bumps (out of memory), it refuses the XACK
     # too, so the entries stay pending and the caches can never be left stale.
     pipe = client.pipeline(transaction=True)

@@ -1,16 +1,41 @@
-"""The consumer group the drain reads with, and the stream figures (length, pending,
+"""The stream's consumer group and identity, and the stream figures (length, pending,
 lag, backlog) that the stats, the metrics and back-pressure read."""
 
 from __future__ import annotations
 
+import secrets
+
 import redis
 
 
+def epoch_key(stream: str) -> str:
+    """Where the stream's incarnation tag lives: beside the stream, so it is kept,
+    lost or restored together with it."""
+    return f"{stream}:epoch"
+
+
+def stream_identity(client: redis.Redis, stream: str, epoch: bytes | None) -> str:
+    """The `stream` a stored row names: "<stream key>#<epoch>".
+
+    Entry ids are unique only within one incarnation of one stream: a replacement
+    Redis whose clock is behind hands out ids its predecessor already gave to other
+    logs. The epoch is a random tag set (once) when the stream's group is created or
+    first read, so a new Redis means a new identity. `epoch` is the value read in the
+    same transaction as the entries; None means no tag yet, and one is set now.
+    """
+    if epoch is None:
+        client.set(epoch_key(stream), secrets.token_hex(4), nx=True)
+        epoch = client.get(epoch_key(stream))
+    return f"{stream}#{epoch.decode()}"
+
+
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
-    """Create the consumer group (and the stream) unless it exists; safe to call often.
+    """Create the consumer group (and the stream, and its epoch) unless it exists; safe to
+    call often.
 
     The group starts at id 0 so entries added before it existed are still drained.
     """
+    client.set(epoch_key(stream), secrets.token_hex(4), nx=True)
     try:
         client.xgroup_create(stream, group, id="0", mkstream=True)
     except redis.ResponseError as exc:

@@ -1,7 +1,7 @@
 """Replaying dead letters after a fix (the CLI is `python -m collector.deadletters`).
 
 Replay stores each dead letter's original entry straight into `logs`, under its
-original stream id, and deletes the dead letter in the same PostgreSQL
+original identity (stream and stream id), and deletes the dead letter in the same PostgreSQL
 transaction: it happens exactly once or not at all, however often replay is run
 or wherever it is interrupted. Entries that still fail stay, with the new reason.
 Replayed logs move from the dead-lettered count to the persisted one.
@@ -33,21 +33,22 @@ def replay(conn: psycopg.Connection, client: redis.Redis, settings: Settings, id
     with conn.transaction():
         letters = deadletters.lock_for_replay(conn, ids)
         rows, letter_of = [], {}
-        for letter_id, stream_id, payload in letters:
+        for letter_id, stream, stream_id, payload in letters:
             try:
-                row = decode_entry(stream_id, {k.encode(): v.encode() for k, v in payload.items()})
+                row = decode_entry(stream, stream_id, {k.encode(): v.encode() for k, v in payload.items()})
             except MalformedEntry as exc:
                 failures.append((letter_id, f"replay: malformed entry: {exc}"))
                 continue
             rows.append(row)
-            letter_of[row[0]] = letter_id
+            letter_of[row[:2]] = letter_id
         outcome = storage.store_rows(conn, rows, writer="replay")
-        failures += [(letter_of[row[0]], f"replay: rejected by PostgreSQL: {error}") for row, error in outcome.rejected]
+        failures += [(letter_of[row[:2]], f"replay: rejected by PostgreSQL: {error}")
+                     for row, error in outcome.rejected]
         failed = {letter_id for letter_id, _ in failures}
         stored = [letter_id for letter_id in letter_of.values() if letter_id not in failed]
         deadletters.delete(conn, stored)
         deadletters.record_failures(conn, failures)
-    devices = {row[1] for row in rows}
+    devices = {row[2] for row in rows}
     pipe = client.pipeline(transaction=False)
     cache.invalidate(pipe, settings.key_prefix, [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
     pipe.execute()

@@ -13,17 +13,18 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 
-def add(conn: psycopg.Connection, letters: Sequence[tuple[str, dict, str, int]]) -> None:
-    """Record (stream_id, payload, reason, delivery_count); a repeat updates the reason and count."""
+def add(conn: psycopg.Connection, stream: str, letters: Sequence[tuple[str, dict, str, int]]) -> None:
+    """Record (stream_id, payload, reason, delivery_count) of entries of `stream`; a repeat
+    updates the reason and count."""
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             """
-            INSERT INTO dead_letters (stream_id, payload, reason, delivery_count)
-            VALUES (%s, %s, %s, %s)
-            ON CONFLICT (stream_id) DO UPDATE SET
+            INSERT INTO dead_letters (stream, stream_id, payload, reason, delivery_count)
+            VALUES (%s, %s, %s, %s, %s)
+            ON CONFLICT (stream, stream_id) DO UPDATE SET
                 reason = EXCLUDED.reason, delivery_count = EXCLUDED.delivery_count, last_failed_at = now()
             """,
-            [(stream_id, Jsonb(payload), reason, count) for stream_id, payload, reason, count in letters],
+            [(stream, stream_id, Jsonb(payload), reason, count) for stream_id, payload, reason, count in letters],
         )
 
 
@@ -31,7 +32,7 @@ def page(conn: psycopg.Connection, limit: int, after_id: int = 0) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """
-            SELECT id, stream_id, payload, reason, delivery_count, first_failed_at, last_failed_at
+            SELECT id, stream, stream_id, payload, reason, delivery_count, first_failed_at, last_failed_at
             FROM dead_letters WHERE id > %s ORDER BY id LIMIT %s
             """,
             (after_id, limit),
@@ -44,12 +45,12 @@ def count(conn: psycopg.Connection) -> int:
 
 
 
-def lock_for_replay(conn: psycopg.Connection, ids: list[int] | None) -> list[tuple[int, str, dict]]:
-    """(id, stream_id, payload) of the dead letters with these ids (all when None), locked
+def lock_for_replay(conn: psycopg.Connection, ids: list[int] | None) -> list[tuple[int, str, str, dict]]:
+    """(id, stream, stream_id, payload) of the dead letters with these ids (all when None), locked
     for the caller's transaction; letters another replay holds are skipped, not waited for."""
     return conn.execute(
         """
-        SELECT id, stream_id, payload FROM dead_letters
+        SELECT id, stream, stream_id, payload FROM dead_letters
         WHERE %(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s)
         ORDER BY id FOR UPDATE SKIP LOCKED
         """,

@@ -16,10 +16,25 @@ from psycopg.rows import dict_row
 
 from collector.core.model import LEVELS, Row
 
+# One statement per row. A row whose device numbers its logs first claims its
+# (device_id, boot_id, seq) by setting the seq's bit in log_sequence_blocks; the log is
+# inserted only if the claim was new, so a copy that reached us any other way (an
+# HTTP retry, a resend after a reboot, a replay) is skipped as a duplicate, as is a
+# redelivered stream entry (ON CONFLICT on its stream identity).
 INSERT_LOG = """
-    INSERT INTO logs (stream_id, device_id, log_level, message, log_data, created_at, received_at)
-    VALUES (%s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz)
-    ON CONFLICT (stream_id) DO NOTHING
+    WITH v (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at, boot_id, seq) AS (
+        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz, %s::varchar, %s::bigint)
+    ), claim AS (
+        INSERT INTO log_sequence_blocks AS b (device_id, boot_id, block, bits)
+        SELECT device_id, boot_id, seq >> 10, B'1'::bit(1024) >> (seq & 1023)::int FROM v WHERE seq IS NOT NULL
+        ON CONFLICT (device_id, boot_id, block) DO UPDATE SET bits = b.bits | EXCLUDED.bits
+            WHERE (b.bits & EXCLUDED.bits) = B'0'::bit(1024)
+        RETURNING 1
+    )
+    INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at,
+                      boot_id, seq)
+    SELECT * FROM v WHERE v.seq IS NULL OR EXISTS (SELECT 1 FROM claim)
+    ON CONFLICT (stream, stream_id) DO NOTHING
     RETURNING log_level
 """
 
@@ -32,14 +47,19 @@ ADD_COUNTS = """
 def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> Counter[str]:
     """Insert rows and commit; returns how many were new, per level.
 
-    Rows whose stream id is already stored are skipped, so a batch redelivered
-    after a crash between commit and XACK stores nothing twice. The per-level
+    Rows whose (stream, stream id) is already stored are skipped, so a batch redelivered
+    after a crash between commit and XACK stores nothing twice; so are rows whose
+    (device_id, boot_id, seq) is (see INSERT_LOG). The per-level
     totals move in the same transaction, keyed by `writer` so that concurrent
     drains never update the same counter row.
     """
     inserted: Counter[str] = Counter()
     if not rows:
         return inserted
+    if any(row[9] is not None for row in rows):
+        # Concurrent drains claim sequence blocks in one order, so they wait for each
+        # other instead of deadlocking. Unnumbered rows keep their stream order.
+        rows = sorted(rows, key=lambda r: (0,) if r[9] is None else (1, r[2], r[8], r[9]))
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(INSERT_LOG, rows, returning=True)
         while True:
@@ -82,9 +102,10 @@ def store_rows(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> St
     return outcome
 
 
-def stored_stream_ids(conn: psycopg.Connection, stream_ids: Sequence[str]) -> set[str]:
-    """Which of these stream entries already have their row."""
-    rows = conn.execute("SELECT stream_id FROM logs WHERE stream_id = ANY(%s)", (list(stream_ids),))
+def stored_stream_ids(conn: psycopg.Connection, stream: str, stream_ids: Sequence[str]) -> set[str]:
+    """Which of these entries of `stream` already have their row."""
+    rows = conn.execute("SELECT stream_id FROM logs WHERE stream = %s AND stream_id = ANY(%s)",
+                        (stream, list(stream_ids)))
     return {stream_id for (stream_id,) in rows}
 
 

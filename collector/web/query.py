@@ -1,4 +1,5 @@
-"""Reading logs back: a device's logs and the collector's stats (cached, invalidated on commit)."""
+"""Reading logs back: a device's logs, its sequence audit, and the collector's stats
+(cached, invalidated on commit)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,26 @@ from flask import request
 from collector.core.model import DEVICE_ID_RE
 from collector.pipeline import cache, counters
 from collector.pipeline.group import pipeline_stats
-from collector.store import deadletters
+from collector.store import deadletters, sequences
 from collector.store import logs as storage
 from collector.web.errors import ApiError
 from collector.web.extensions import backends, settings
 from collector.web.schemas import LogOut, query_args_schema
 
 _log_out = LogOut(many=True)
+# Missing ranges listed per boot in the sequence audit; the total missing count is always exact.
+MAX_MISSING_RANGES = 1000
+
+
+def _check_device_id(device_id: str) -> None:
+    if not DEVICE_ID_RE.match(device_id):
+        raise ApiError(422, "validation_failed", "The device id in the path is invalid; see fields.",
+                       {"device_id": ["Must be 1-100 characters: letters, digits and . _ : @ -."]})
 
 
 def device_logs(device_id: str):
     s = settings()
-    if not DEVICE_ID_RE.match(device_id):
-        raise ApiError(422, "validation_failed", "The device id in the path is invalid; see fields.",
-                       {"device_id": ["Must be 1-100 characters: letters, digits and . _ : @ -."]})
+    _check_device_id(device_id)
     limit = query_args_schema(s.max_query_limit).load(request.args.to_dict())["limit"]
     b = backends()
 
@@ -31,6 +38,14 @@ def device_logs(device_id: str):
     data, source = cache.cached(b.redis, s.key_prefix, cache.device_scope(device_id), str(limit),
                                 s.logs_cache_ttl, from_database)
     return {"total": len(data), "source": source, "data": data}
+
+
+def device_sequence(device_id: str):
+    """Per boot_id: the seq numbers seen and the ones missing (lost before they reached us)."""
+    _check_device_id(device_id)
+    with backends().db.connection() as conn:
+        boots = sequences.audit(conn, device_id, MAX_MISSING_RANGES)
+    return {"device_id": device_id, "boots": boots}
 
 
 def stats():

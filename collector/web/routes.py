@@ -14,6 +14,7 @@ for rule, view, methods in (
     ("/api/log", ingest.ingest_log, ["POST"]),
     ("/api/logs/batch", ingest.ingest_batch, ["POST"]),
     ("/api/logs/<device_id>", query.device_logs, ["GET"]),
+    ("/api/devices/<device_id>/sequence", query.device_sequence, ["GET"]),
     ("/api/stats", query.stats, ["GET"]),
     ("/api/dead-letters", admin.dead_letters, ["GET"]),
     ("/metrics", admin.prometheus_metrics, ["GET"]),

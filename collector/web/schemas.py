@@ -15,9 +15,9 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from collector.core.model import DEVICE_ID_RE, LEVELS
+from collector.core.model import DEVICE_ID_RE, LEVELS, MAX_BOOT_ID_CHARS, MAX_SEQ
 
 # An escaped NUL in compact JSON: "\u0000" preceded by an even number of backslashes.
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -96,6 +96,19 @@ def log_schema(max_message_chars: int, max_log_data_bytes: int) -> Schema:
         message = Text(required=True, validate=validate.Length(min=1, max=max_message_chars))
         log_data = LogData(max_log_data_bytes, load_default=None, allow_none=True)
         timestamp = UtcDateTime(load_default=None, allow_none=True)
+        seq = fields.Integer(
+            strict=True, allow_none=True, validate=validate.Range(min=0, max=MAX_SEQ),
+            metadata={"description": "The device's number for this log, unique within boot_id; a copy with "
+                                     "the same (device_id, boot_id, seq) is stored only once."})
+        boot_id = Text(
+            allow_none=True, validate=validate.Length(min=1, max=MAX_BOOT_ID_CHARS),
+            metadata={"description": "Names one run of the device's seq counter (e.g. a boot); required with seq."})
+
+        @validates_schema
+        def _seq_needs_boot_id(self, data: dict, **kwargs: Any) -> None:
+            if (data.get("seq") is None) != (data.get("boot_id") is None):
+                missing = "boot_id" if data.get("boot_id") is None else "seq"
+                raise ValidationError("seq and boot_id go together: send both or neither.", missing)
 
     return LogIn()
 
@@ -146,6 +159,7 @@ class DeadLetterOut(Schema):
     """A dead letter as GET /api/dead-letters returns it."""
 
     id = fields.Integer()
+    stream = fields.String(metadata={"description": "The stream (and its incarnation) the entry came from."})
     stream_id = fields.String()
     payload = fields.Raw()
     reason = fields.String()
