@@ -118,6 +118,9 @@ class Settings:
     stats_cache_ttl: int = _setting(
         "STATS_CACHE_TTL", 60, _int(0),
         "Seconds the table part of /api/stats stays cached (0 disables); commits invalidate it at once.")
+    idempotency_ttl: int = _setting(
+        "IDEMPOTENCY_TTL", 120, _int(1),
+        "Seconds the answer to a request with an Idempotency-Key is remembered (a repeat is answered from it).")
     max_body_bytes: int = _setting(
         "MAX_BODY_BYTES", 1_048_576, _int(1024),
         "Largest request body accepted (413 above it); keep nginx's client_max_body_size equal.")

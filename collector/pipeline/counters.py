@@ -20,11 +20,6 @@ def _key(settings: Settings) -> str:
     return settings.key("counters")
 
 
-def add_accepted(pipe: redis.client.Pipeline, settings: Settings, n: int) -> None:
-    """Queued on the same pipeline as the XADDs, so it costs no extra round trip."""
-    pipe.hincrby(_key(settings), "accepted", n)
-
-
 def add_rejected(client: redis.Redis, settings: Settings, reason: str) -> None:
     try:
         pipe = client.pipeline(transaction=False)
@@ -50,10 +45,6 @@ def read(client: redis.Redis, settings: Settings) -> dict:
     }
 
 
-def accepted_hook(settings: Settings):
-    """For producer.append / Appender: count the entries as accepted in their own transaction."""
-
-    def count(pipe: redis.client.Pipeline, n: int) -> None:
-        add_accepted(pipe, settings, n)
-
-    return count
+def accepted_counter(settings: Settings) -> tuple[str, str]:
+    """The (hash, field) the producer counts accepted logs in, in the transaction that adds them."""
+    return _key(settings), "accepted"

@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     db.open(wait=False)
     atexit.register(db.close)
     client = make_redis(settings)
-    appender = Appender(client, settings.stream, also=counters.accepted_hook(settings))
+    appender = Appender(client, settings.stream, counters.accepted_counter(settings))
     app.extensions["collector"] = Backends(redis=client, db=db, gate=Gate(settings), appender=appender)
 
     register_error_handlers(app)

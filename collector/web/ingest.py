@@ -1,17 +1,25 @@
 """Ingest, the hot path: parse, validate, XADD, answer.
 
 It never touches PostgreSQL, so it keeps accepting logs while the database is down.
+A request with an `Idempotency-Key` header (the IETF httpapi draft's) is queued
+at most once: its answer is remembered for IDEMPOTENCY_TTL seconds, and a repeat
+with the same body gets the same answer (`Idempotent-Replayed: true`) and queues
+nothing. Remembering and queueing are one Redis script (pipeline.producer), so
+concurrent repeats wait for the first in Redis and are answered as replays.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 
 import orjson
 from flask import request
 
 from collector.core import metrics
 from collector.pipeline.codec import encode_entry
+from collector.pipeline.producer import Queued, Remember
 from collector.web.errors import ApiError, Overloaded
 from collector.web.extensions import backends, settings
 from collector.web.schemas import batch_schema, log_schema
@@ -30,25 +38,61 @@ def _json_body() -> object:
         raise ApiError(400, "malformed_json", f"The request body is not valid JSON: {exc}.") from None
 
 
-def _enqueue(logs: list[dict]) -> tuple[list[str], dt.datetime]:
+IDEMPOTENCY_KEY_RE = re.compile(r"\A[\x21-\x7e]{1,255}\Z")  # 1-255 visible ASCII characters
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
+        raise ApiError(422, "validation_failed", "The Idempotency-Key header is invalid; see fields.",
+                       {"Idempotency-Key": ["Must be 1 to 255 visible ASCII characters."]})
+    return key
+
+
+def _fingerprint(body: object) -> str:
+    """The same logs give the same fingerprint however the JSON was spelled (key order, spacing)."""
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(request.path.encode() + b"\0" + canonical, digest_size=16).hexdigest()
+
+
+def _enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str], str, dict]:
+    """Queue the logs; returns (ids, received_at, extra response headers)."""
     b = backends()
     if not b.gate.is_open(b.redis):
         raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
     received = dt.datetime.now(dt.UTC)
-    ids = b.appender.append([encode_entry(log, received) for log in logs], request.content_length or 0)
-    metrics.LOGS_ACCEPTED.inc(len(ids))
-    return ids, received
+    entries = [encode_entry(log, received) for log in logs]
+    if key is None:
+        ids = b.appender.append(entries, request.content_length or 0)
+        metrics.LOGS_ACCEPTED.inc(len(ids))
+        return ids, received.isoformat(), {}
+    s = settings()
+    # Keys are chosen by clients: scope them by the device speaking (the first log's).
+    remember = Remember(key=s.key(f"idem:{logs[0]['device_id']}:{key}"), fingerprint=_fingerprint(body),
+                        received_at=received.isoformat(), ttl=s.idempotency_ttl)
+    queued: Queued = b.appender.append_once(entries, remember, request.content_length or 0)
+    if queued.fingerprint != remember.fingerprint:
+        raise ApiError(422, "idempotency_key_reused",
+                       "This Idempotency-Key was used for a different request; use a new key for new logs.",
+                       {"Idempotency-Key": ["Already used with a different body."]})
+    if not queued.replayed:
+        metrics.LOGS_ACCEPTED.inc(len(queued.ids))
+    return queued.ids, queued.received_at, {"Idempotent-Replayed": "true"} if queued.replayed else {}
 
 
 def ingest_log():
     s = settings()
-    log = log_schema(s.max_message_chars, s.max_log_data_bytes).load(_json_body())
-    [entry_id], received = _enqueue([log])
-    return {"status": "queued", "message_id": entry_id, "received_at": received.isoformat()}
+    key = _idempotency_key()
+    body = _json_body()
+    log = log_schema(s.max_message_chars, s.max_log_data_bytes).load(body)
+    [entry_id], received, headers = _enqueue([log], body, key)
+    return {"status": "queued", "message_id": entry_id, "received_at": received}, 200, headers
 
 
 def ingest_batch():
     s = settings()
-    batch = batch_schema(s.max_batch_logs, s.max_message_chars, s.max_log_data_bytes).load(_json_body())
-    ids, received = _enqueue(batch["logs"])
-    return {"status": "queued", "count": len(ids), "message_ids": ids, "received_at": received.isoformat()}
+    key = _idempotency_key()
+    body = _json_body()
+    batch = batch_schema(s.max_batch_logs, s.max_message_chars, s.max_log_data_bytes).load(body)
+    ids, received, headers = _enqueue(batch["logs"], body, key)
+    return {"status": "queued", "count": len(ids), "message_ids": ids, "received_at": received}, 200, headers

@@ -48,18 +48,38 @@ def build_spec(settings: Settings) -> dict:
         "LogIn": log_in, "BatchIn": batch_in, "Queued": schemas.QueuedOut, "QueuedBatch": schemas.QueuedBatchOut,
         "LogsPage": schemas.LogsPageOut, "Stats": schemas.StatsOut, "Health": schemas.HealthOut,
         "DeadLettersPage": schemas.DeadLettersPageOut, "Error": schemas.ErrorOut,
+        "SequenceAudit": schemas.SequenceAuditOut,
     }.items():
         spec.components.schema(name, schema=schema)
 
     def body(schema: str) -> dict:
         return {"required": True, "content": {"application/json": {"schema": schema}}}
 
+    idempotency_key = {
+        "name": "Idempotency-Key", "in": "header", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+        "description": f"Makes the request idempotent: its answer is remembered for {settings.idempotency_ttl} s; "
+                       "a repeat with the same logs gets it again (Idempotent-Replayed: true) and queues nothing; "
+                       "the same key with other logs is a 422 idempotency_key_reused."}
+
+    def queued(schema: str) -> dict:
+        ok = _ok(schema)
+        ok["200"]["headers"] = {"Idempotent-Replayed": {
+            "description": "true when this is the remembered answer to an earlier request with the same key",
+            "schema": {"type": "string", "enum": ["true"]}}}
+        return ok
+
     spec.path("/api/log", operations={"post": {
-        "summary": "Queue one log", "requestBody": body("LogIn"),
-        "responses": {**_ok("Queued"), **_errors(400, 413, 415, 422, 503)}}})
+        "summary": "Queue one log", "requestBody": body("LogIn"), "parameters": [idempotency_key],
+        "responses": {**queued("Queued"), **_errors(400, 413, 415, 422, 503)}}})
     spec.path("/api/logs/batch", operations={"post": {
         "summary": f"Queue 1 to {settings.max_batch_logs} logs; one invalid entry rejects the batch",
-        "requestBody": body("BatchIn"), "responses": {**_ok("QueuedBatch"), **_errors(400, 413, 415, 422, 503)}}})
+        "requestBody": body("BatchIn"), "parameters": [idempotency_key],
+        "responses": {**queued("QueuedBatch"), **_errors(400, 413, 415, 422, 503)}}})
+    spec.path("/api/devices/{device_id}/sequence", operations={"get": {
+        "summary": "Gap audit: per boot_id, the seq numbers received and the ranges missing",
+        "parameters": [{"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {**_ok("SequenceAudit"), **_errors(422, 503)}}})
     spec.path("/api/logs/{device_id}", operations={"get": {
         "summary": "A device's logs, newest first",
         "parameters": [

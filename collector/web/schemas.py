@@ -237,6 +237,22 @@ class DeadLettersPageOut(Schema):
     data = fields.List(fields.Nested(DeadLetterOut))
 
 
+class BootSequenceOut(Schema):
+    boot_id = fields.String()
+    first_seq = fields.Integer()
+    last_seq = fields.Integer()
+    received = fields.Integer()
+    missing = fields.Integer(metadata={"description": "How many numbers between first_seq and last_seq never came."})
+    missing_ranges = fields.List(fields.List(fields.Integer()),
+                                 metadata={"description": "Inclusive [from, to] pairs; the first 1,000."})
+    ranges_truncated = fields.Boolean()
+
+
+class SequenceAuditOut(Schema):
+    device_id = fields.String()
+    boots = fields.List(fields.Nested(BootSequenceOut))
+
+
 class ErrorOut(Schema):
     error = fields.String(metadata={"description": "Machine-readable code, e.g. validation_failed."})
     message = fields.String()
