@@ -121,6 +121,12 @@ class Settings:
     idempotency_ttl: int = _setting(
         "IDEMPOTENCY_TTL", 120, _int(1),
         "Seconds the answer to a request with an Idempotency-Key is remembered (a repeat is answered from it).")
+    rate_limit_per_device: float = _setting(
+        "RATE_LIMIT_PER_DEVICE", 1000.0, _float(0.0),
+        "Logs per second one device may send, on average (0: no limit); a key may set its own.")
+    rate_limit_burst: int = _setting(
+        "RATE_LIMIT_BURST", 10_000, _int(1),
+        "Logs one device may send at once above its rate (the token bucket's size); a key may set its own.")
     max_body_bytes: int = _setting(
         "MAX_BODY_BYTES", 1_048_576, _int(1024),
         "Largest request body accepted (413 above it); keep nginx's client_max_body_size equal.")

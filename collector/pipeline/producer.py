@@ -1,11 +1,9 @@
 """Adding accepted logs to the stream: one MULTI/EXEC per request, or per group of
 concurrent requests (Appender).
 
-A request with an idempotency key runs one Lua script instead of plain XADDs: it
-answers from the remembered record if there is one, or adds the entries, counts
-them and remembers the answer, all in one atomic step. So no crash or timeout
-between them can queue a request twice or remember an answer for logs that were
-not queued, and it costs no extra round trip.
+A request that needs more than XADDs (an idempotency key, a credential to check,
+rate limits) runs the admission script (pipeline.admission) in the same
+transaction instead, so it costs no extra round trip.
 
 Adding never trims (the seed's MAXLEN dropped backlog that had not been stored
 yet); only pipeline.trim removes entries, and only acknowledged ones.
@@ -13,73 +11,12 @@ yet); only pipeline.trim removes entries, and only acknowledged ones.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import redis
 
-# KEYS: the idempotency record, the stream, the counters hash.
-# ARGV: ttl, fingerprint, received_at, counter field, then per entry: n, and n field/value pairs.
-# Returns {1, record} when it queued the entries, {0, record} when the key was already used.
-# The record is "<fingerprint>|<received_at>|<ids>", ids being "<first id>+<count>" when
-# they are consecutive (always, in practice: nothing else runs during a script) or a list.
-REMEMBER_AND_APPEND = """
-local record = redis.call('GET', KEYS[1])
-if record then return {0, record} end
-local ids, n, i = {}, 0, 5
-while i <= #ARGV do
-    local k = tonumber(ARGV[i])
-    n = n + 1
-    ids[n] = redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 1, i + 2 * k))
-    i = i + 2 * k + 1
-end
-if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[4], n) end
-local compact = ids[1] .. '+' .. n
-local ms, seq = string.match(ids[1], '^(%d+)-(%d+)$')
-seq = tonumber(seq)
-for j = 2, n do
-    local m, s = string.match(ids[j], '^(%d+)-(%d+)$')
-    if m ~= ms or tonumber(s) ~= seq + j - 1 then compact = table.concat(ids, ',') break end
-end
-record = ARGV[2] .. '|' .. ARGV[3] .. '|' .. compact
-redis.call('SET', KEYS[1], record, 'EX', ARGV[1])
-return {1, record}
-"""
-_SCRIPT_SHA = hashlib.sha1(REMEMBER_AND_APPEND.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Remember:
-    """Make a request idempotent: remember its answer under `key` for `ttl` seconds."""
-
-    key: str
-    fingerprint: str  # of the request; a reuse of the key with another fingerprint is refused
-    received_at: str
-    ttl: int
-
-
-@dataclass(frozen=True)
-class Queued:
-    """What an idempotent request got: its ids now, or those of the first request with its key."""
-
-    ids: list[str]
-    received_at: str
-    fingerprint: str
-    replayed: bool
-
-
-def parse_record(record: bytes | str, replayed: bool) -> Queued:
-    text = record.decode() if isinstance(record, bytes) else record
-    fingerprint, received_at, ids = text.split("|", 2)
-    if "+" in ids:
-        first, count = ids.split("+")
-        ms, seq = first.split("-")
-        expanded = [f"{ms}-{int(seq) + i}" for i in range(int(count))]
-    else:
-        expanded = ids.split(",")
-    return Queued(expanded, received_at, fingerprint, replayed)
+from collector.pipeline.admission import SCRIPT, Admission
 
 
 def append(client: redis.Redis, stream: str, entries: Sequence[dict],
@@ -97,24 +34,24 @@ def append(client: redis.Redis, stream: str, entries: Sequence[dict],
 
 
 def _send(client: redis.Redis, stream: str, counter: tuple[str, str] | None,
-          group: Sequence[_Waiter]) -> list[list[str] | Queued | Exception]:
-    """One MULTI/EXEC for a group of requests; each gets its ids, its Queued or its error."""
+          group: Sequence[_Waiter]) -> list[list[str] | Admission | Exception]:
+    """One MULTI/EXEC for a group of requests; each gets its ids, its Admission or its error."""
     pipe = client.pipeline(transaction=True)
     plain = 0
     for waiter in group:
-        if waiter.remember is None:
+        if waiter.admission is None:
             for fields in waiter.entries:
                 pipe.xadd(stream, fields)
             plain += len(waiter.entries)
         else:
-            _queue_script(pipe, stream, counter, waiter)
+            waiter.admission.queue(pipe, stream, counter, waiter.entries)
     if plain and counter is not None:
         pipe.hincrby(counter[0], counter[1], plain)
     replies = pipe.execute(raise_on_error=False)
-    out: list[list[str] | Queued | Exception] = []
+    out: list[list[str] | Admission | Exception] = []
     position = 0
     for waiter in group:
-        if waiter.remember is None:
+        if waiter.admission is None:
             mine = replies[position:position + len(waiter.entries)]
             position += len(mine)
             error = next((r for r in mine if isinstance(r, Exception)), None)
@@ -126,33 +63,21 @@ def _send(client: redis.Redis, stream: str, counter: tuple[str, str] | None,
         if isinstance(reply, redis.exceptions.NoScriptError):
             # A Redis that lost its script cache (restarted, replaced) ran nothing of this
             # request: load the script and run the request again, on its own.
-            client.script_load(REMEMBER_AND_APPEND)
+            client.script_load(SCRIPT)
             retry = client.pipeline(transaction=False)
-            _queue_script(retry, stream, counter, waiter)
+            waiter.admission.queue(retry, stream, counter, waiter.entries)
             out[i] = reply = retry.execute(raise_on_error=False)[0]
-        if waiter.remember is not None and not isinstance(reply, Exception):
-            queued_now, record = reply
-            out[i] = parse_record(record, replayed=not queued_now)
+        if waiter.admission is not None and not isinstance(reply, Exception):
+            out[i] = waiter.admission.read(reply)
     return out
 
 
-def _queue_script(pipe: redis.client.Pipeline, stream: str, counter: tuple[str, str] | None,
-                  waiter: _Waiter) -> None:
-    remember = waiter.remember
-    args: list = [remember.ttl, remember.fingerprint, remember.received_at, counter[1] if counter else ""]
-    for fields in waiter.entries:
-        args.append(len(fields))
-        for name, value in fields.items():
-            args += (name, value)
-    pipe.evalsha(_SCRIPT_SHA, 3, remember.key, stream, counter[0] if counter else stream, *args)
-
-
 class _Waiter:
-    __slots__ = ("entries", "nbytes", "remember", "done", "result", "lead")
+    __slots__ = ("entries", "nbytes", "admission", "done", "result", "lead")
 
-    def __init__(self, entries: Sequence[dict], nbytes: int, remember: Remember | None) -> None:
-        self.entries, self.nbytes, self.remember, self.done = entries, nbytes, remember, threading.Event()
-        self.result: list[str] | Queued | BaseException | None = None
+    def __init__(self, entries: Sequence[dict], nbytes: int, admission: Admission | None) -> None:
+        self.entries, self.nbytes, self.admission, self.done = entries, nbytes, admission, threading.Event()
+        self.result: list[str] | Admission | BaseException | None = None
         self.lead = False
 
 
@@ -181,9 +106,9 @@ class Appender:
         """Queue the entries; returns their ids."""
         return self._submit(_Waiter(entries, nbytes, None))
 
-    def append_once(self, entries: Sequence[dict], remember: Remember, nbytes: int = 0) -> Queued:
-        """Queue the entries unless `remember.key` was used already; either way, the answer."""
-        return self._submit(_Waiter(entries, nbytes, remember))
+    def admit(self, entries: Sequence[dict], admission: Admission, nbytes: int = 0) -> Admission:
+        """Run the admission script for the entries; `admission` says what it decided."""
+        return self._submit(_Waiter(entries, nbytes, admission))
 
     def _submit(self, me: _Waiter):
         with self._lock:

@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, fields: dict | None = None) -> None:
+    def __init__(self, status: int, error: str, message: str, fields: dict | None = None,
+                 retry_after: int = 0, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.error, self.message, self.fields = status, error, message, fields
+        self.retry_after, self.headers = retry_after, headers or {}
 
 
 class Overloaded(ApiError):
@@ -65,8 +67,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
         _count_if_rejected_log(exc.status, exc.error)
-        return error_response(exc.status, exc.error, exc.message, exc.fields,
-                              retry_after if exc.status == 503 else 0)
+        response = error_response(exc.status, exc.error, exc.message, exc.fields,
+                                  exc.retry_after or (retry_after if exc.status == 503 else 0))
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(ValidationError)
     def validation_error(exc: ValidationError):

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import re
 
 import orjson
 from flask import request
 
 from collector.core import metrics
+from collector.pipeline.admission import Admission, Limits, Remember
 from collector.pipeline.codec import encode_entry
-from collector.pipeline.producer import Queued, Remember
 from collector.web.errors import ApiError, Overloaded
 from collector.web.extensions import backends, settings
 from collector.web.schemas import batch_schema, log_schema
@@ -55,29 +56,76 @@ def _fingerprint(body: object) -> str:
     return hashlib.blake2b(request.path.encode() + b"\0" + canonical, digest_size=16).hexdigest()
 
 
+def _admission(logs: list[dict], body: object, key: str | None, received: str) -> Admission | None:
+    """What the admission script must check for this request; None when plain XADDs do."""
+    s = settings()
+    remember = None
+    if key is not None:
+        # Keys are chosen by clients: scope them by the device speaking (the first log's).
+        remember = Remember(key=s.key(f"idem:{logs[0]['device_id']}:{key}"), fingerprint=_fingerprint(body),
+                            ttl=s.idempotency_ttl)
+    limits = None
+    if s.rate_limit_per_device > 0:
+        costs: dict[str, int] = {}
+        for log in logs:
+            costs[log["device_id"]] = costs.get(log["device_id"], 0) + 1
+        limits = Limits(s.rate_limit_per_device, s.rate_limit_burst,
+                        [(device, s.key(f"rl:{device}"), n) for device, n in costs.items()])
+    if remember is None and limits is None:
+        return None
+    return Admission(received_at=received, remember=remember, limits=limits)
+
+
+def _rate_headers(admission: Admission) -> dict[str, str]:
+    """The IETF httpapi draft's RateLimit / RateLimit-Policy (-07 on), and the older three."""
+    limits = admission.limits
+    if limits is None or not admission.device:
+        return {}
+    window = max(1, math.ceil(limits.burst / limits.rate))
+    reset = max(0, math.ceil((limits.burst - admission.tokens_left) / limits.rate))
+    return {
+        "RateLimit-Policy": f'"device";q={limits.burst};w={window}',
+        "RateLimit": f'"device";r={admission.tokens_left};t={reset}',
+        "RateLimit-Limit": str(limits.burst),
+        "RateLimit-Remaining": str(admission.tokens_left),
+        "RateLimit-Reset": str(reset),
+    }
+
+
 def _enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str], str, dict]:
     """Queue the logs; returns (ids, received_at, extra response headers)."""
     b = backends()
     if not b.gate.is_open(b.redis):
         raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
-    received = dt.datetime.now(dt.UTC)
-    entries = [encode_entry(log, received) for log in logs]
-    if key is None:
+    now = dt.datetime.now(dt.UTC)
+    received = now.isoformat()
+    entries = [encode_entry(log, now) for log in logs]
+    admission = _admission(logs, body, key, received)
+    if admission is None:
         ids = b.appender.append(entries, request.content_length or 0)
         metrics.LOGS_ACCEPTED.inc(len(ids))
-        return ids, received.isoformat(), {}
-    s = settings()
-    # Keys are chosen by clients: scope them by the device speaking (the first log's).
-    remember = Remember(key=s.key(f"idem:{logs[0]['device_id']}:{key}"), fingerprint=_fingerprint(body),
-                        received_at=received.isoformat(), ttl=s.idempotency_ttl)
-    queued: Queued = b.appender.append_once(entries, remember, request.content_length or 0)
-    if queued.fingerprint != remember.fingerprint:
-        raise ApiError(422, "idempotency_key_reused",
-                       "This Idempotency-Key was used for a different request; use a new key for new logs.",
-                       {"Idempotency-Key": ["Already used with a different body."]})
-    if not queued.replayed:
-        metrics.LOGS_ACCEPTED.inc(len(queued.ids))
-    return queued.ids, queued.received_at, {"Idempotent-Replayed": "true"} if queued.replayed else {}
+        return ids, received, {}
+    result = b.appender.admit(entries, admission, request.content_length or 0)
+    headers = _rate_headers(result)
+    if result.status == "limited":
+        index = next(i for i, log in enumerate(logs) if log["device_id"] == result.device)
+        if result.retry_after_ms < 0:
+            message = (f"logs[{index}]: device {result.device!r} may send at most {result.limits.burst} logs "
+                       "at once; split the request.")
+        else:
+            message = f"logs[{index}]: device {result.device!r} is over its rate limit; retry later."
+        retry = 1 if result.retry_after_ms < 0 else max(1, math.ceil(result.retry_after_ms / 1000))
+        raise ApiError(429, "rate_limited", message, retry_after=retry, headers=headers)
+    if remember := admission.remember:
+        if result.fingerprint != remember.fingerprint:
+            raise ApiError(422, "idempotency_key_reused",
+                           "This Idempotency-Key was used for a different request; use a new key for new logs.",
+                           {"Idempotency-Key": ["Already used with a different body."]})
+        if result.status == "replayed":
+            headers["Idempotent-Replayed"] = "true"
+    if result.status == "queued":
+        metrics.LOGS_ACCEPTED.inc(len(result.ids))
+    return result.ids, result.received_at, headers
 
 
 def ingest_log():
