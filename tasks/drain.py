@@ -18,9 +18,11 @@ from celery.utils.log import current_process_index
 from psycopg_pool import PoolTimeout
 
 from collector.core.settings import Settings
+from collector.pipeline import keyring
 from collector.pipeline.drain import drain_batch
 from collector.pipeline.group import register_consumer
 from collector.pipeline.trim import trim_acknowledged
+from collector.store import keys
 from tasks import resources
 
 # Transient trouble only: anything else is a bug and should be seen, not retried.
@@ -38,6 +40,11 @@ def beat_schedule(settings: Settings) -> dict:
             "task": "tasks.drain.trim_stream",
             "schedule": settings.trim_interval,
             "options": {"expires": settings.trim_interval * 0.9},
+        },
+        "sync-keys": {
+            "task": "tasks.drain.sync_keys",
+            "schedule": settings.keys_sync_interval,
+            "options": {"expires": settings.keys_sync_interval * 0.9},
         },
     }
 
@@ -82,3 +89,16 @@ def trim_stream(self) -> int:
     settings: Settings = self.app.collector_settings
     client, _ = resources.backends(settings)
     return trim_acknowledged(client, settings.stream)
+
+
+@shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)
+def sync_keys(self) -> int:
+    """Copy the live keys to Redis (heals a replaced Redis, catches changes made while it
+    was down) and the last-use times back to PostgreSQL; returns the live keys."""
+    settings: Settings = self.app.collector_settings
+    client, pool = resources.backends(settings)
+    with pool.connection() as conn:
+        rows = keys.every(conn)
+        keyring.sync(client, settings, rows)
+        keys.record_use(conn, keyring.recent_uses(client, settings))
+    return sum(row.revoked_at is None for row in rows)

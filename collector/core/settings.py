@@ -60,8 +60,17 @@ def _any_text(raw: str) -> str:
     return raw
 
 
-def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"env": env, "parse": parse, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,15 @@ class Settings:
     stats_cache_ttl: int = _setting(
         "STATS_CACHE_TTL", 60, _int(0),
         "Seconds the table part of /api/stats stays cached (0 disables); commits invalidate it at once.")
+    auth_enabled: bool = _setting(
+        "AUTH_ENABLED", True, _bool,
+        "Require keys (Authorization: Bearer or X-API-Key); false leaves every endpoint open to whoever reaches it.")
+    metrics_token: str = _setting(
+        "METRICS_TOKEN", "", _any_text,
+        "Bearer token that may scrape /metrics (besides admin keys); empty: admin keys only.", secret=True)
+    keys_sync_interval: float = _setting(
+        "KEYS_SYNC_INTERVAL", 10.0, _float(0.5),
+        "Seconds between beat's copies of the keys table to Redis (and of last-use times back).")
     idempotency_ttl: int = _setting(
         "IDEMPOTENCY_TTL", 120, _int(1),
         "Seconds the answer to a request with an Idempotency-Key is remembered (a repeat is answered from it).")

@@ -17,7 +17,9 @@ from collector.core.logging_setup import configure_logging, log_context
 from collector.core.settings import Settings, load_settings
 from collector.pipeline import counters
 from collector.pipeline.backpressure import Gate
+from collector.pipeline.keyring import Keyring
 from collector.pipeline.producer import Appender
+from collector.web import auth
 from collector.web.errors import register_error_handlers
 from collector.web.extensions import Backends
 from collector.web.openapi import docs
@@ -50,10 +52,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     atexit.register(db.close)
     client = make_redis(settings)
     appender = Appender(client, settings.stream, counters.accepted_counter(settings))
-    app.extensions["collector"] = Backends(redis=client, db=db, gate=Gate(settings), appender=appender)
+    app.extensions["collector"] = Backends(redis=client, db=db, gate=Gate(settings), appender=appender,
+                                           keyring=Keyring(client, settings))
 
     register_error_handlers(app)
     _instrument(app)
+    auth.register(app)
     app.register_blueprint(api)
     app.register_blueprint(docs)
     logging.getLogger(__name__).info("app ready", extra={"instance": settings.instance_name})

@@ -10,6 +10,7 @@ from psycopg_pool import ConnectionPool
 
 from collector.core.settings import Settings
 from collector.pipeline.backpressure import Gate
+from collector.pipeline.keyring import Keyring
 from collector.pipeline.producer import Appender
 
 
@@ -19,6 +20,7 @@ class Backends:
     db: ConnectionPool
     gate: Gate
     appender: Appender
+    keyring: Keyring
 
 
 def backends() -> Backends:

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 
 from collector.store import logs as storage
+from collector.web.auth import principal
 from collector.web.extensions import backends, settings
 
 
@@ -33,7 +34,14 @@ def health():
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "seconds": round(time.perf_counter() - started, 4),
     }
-    if errors:
-        body["errors"] = errors
+    who = principal()
+    if errors and who is not None and who.role in ("reader", "admin"):
+        body["errors"] = errors  # exception texts name hosts and users: not for anonymous callers
     headers = {} if healthy else {"Retry-After": str(s.retry_after)}
     return body, 200 if healthy else 503, headers
+
+
+def index():
+    """Where to go from here, for whoever opens the collector's address."""
+    return {"service": "device-log-collector", "docs": "/docs", "openapi": "/openapi.json", "health": "/health",
+            "auth": "Authorization: Bearer <key> (python -m collector.keys create ...)"}

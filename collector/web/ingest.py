@@ -19,8 +19,10 @@ import orjson
 from flask import request
 
 from collector.core import metrics
-from collector.pipeline.admission import Admission, Limits, Remember
+from collector.pipeline.admission import Admission, Credential, Limits, Remember
 from collector.pipeline.codec import encode_entry
+from collector.pipeline.keyring import registry_key, uses_key
+from collector.web.auth import forbidden, principal
 from collector.web.errors import ApiError, Overloaded
 from collector.web.extensions import backends, settings
 from collector.web.schemas import batch_schema, log_schema
@@ -59,21 +61,35 @@ def _fingerprint(body: object) -> str:
 def _admission(logs: list[dict], body: object, key: str | None, received: str) -> Admission | None:
     """What the admission script must check for this request; None when plain XADDs do."""
     s = settings()
+    who = principal()
+    credential = None
+    if who is not None and who.key_id is not None:
+        credential = Credential(registry_key(s), uses_key(s), who.key_id, who.digest)
     remember = None
     if key is not None:
         # Keys are chosen by clients: scope them by the device speaking (the first log's).
         remember = Remember(key=s.key(f"idem:{logs[0]['device_id']}:{key}"), fingerprint=_fingerprint(body),
                             ttl=s.idempotency_ttl)
     limits = None
-    if s.rate_limit_per_device > 0:
+    rate = who.rate_limit if who is not None and who.rate_limit is not None else s.rate_limit_per_device
+    if rate > 0:
+        burst = who.rate_burst if who is not None and who.rate_burst is not None else s.rate_limit_burst
         costs: dict[str, int] = {}
         for log in logs:
             costs[log["device_id"]] = costs.get(log["device_id"], 0) + 1
-        limits = Limits(s.rate_limit_per_device, s.rate_limit_burst,
-                        [(device, s.key(f"rl:{device}"), n) for device, n in costs.items()])
-    if remember is None and limits is None:
+        limits = Limits(rate, burst, [(device, s.key(f"rl:{device}"), n) for device, n in costs.items()])
+    if remember is None and limits is None and credential is None:
         return None
-    return Admission(received_at=received, remember=remember, limits=limits)
+    return Admission(received_at=received, remember=remember, credential=credential, limits=limits)
+
+
+def _check_scope(logs: list[dict]) -> None:
+    who = principal()
+    if who is None:
+        return
+    for index, log in enumerate(logs):
+        if not who.may_send_for(log["device_id"]):
+            raise forbidden(f"logs[{index}]: device {log['device_id']!r} is outside this key's scope ({who.scope}).")
 
 
 def _rate_headers(admission: Admission) -> dict[str, str]:
@@ -94,6 +110,7 @@ def _rate_headers(admission: Admission) -> dict[str, str]:
 
 def _enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str], str, dict]:
     """Queue the logs; returns (ids, received_at, extra response headers)."""
+    _check_scope(logs)
     b = backends()
     if not b.gate.is_open(b.redis):
         raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
@@ -106,6 +123,9 @@ def _enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str]
         metrics.LOGS_ACCEPTED.inc(len(ids))
         return ids, received, {}
     result = b.appender.admit(entries, admission, request.content_length or 0)
+    if result.status == "unauthorized":  # revoked since this process cached it
+        raise ApiError(401, "unauthorized", "The key is unknown or revoked.",
+                       headers={"WWW-Authenticate": 'Bearer realm="collector"'})
     headers = _rate_headers(result)
     if result.status == "limited":
         index = next(i for i, log in enumerate(logs) if log["device_id"] == result.device)

@@ -10,6 +10,7 @@ from collector.pipeline import cache, counters
 from collector.pipeline.group import pipeline_stats
 from collector.store import deadletters, sequences
 from collector.store import logs as storage
+from collector.web.auth import forbidden, principal
 from collector.web.errors import ApiError
 from collector.web.extensions import backends, settings
 from collector.web.schemas import LogOut, query_args_schema
@@ -23,6 +24,9 @@ def _check_device_id(device_id: str) -> None:
     if not DEVICE_ID_RE.match(device_id):
         raise ApiError(422, "validation_failed", "The device id in the path is invalid; see fields.",
                        {"device_id": ["Must be 1-100 characters: letters, digits and . _ : @ -."]})
+    who = principal()
+    if who is not None and not who.may_read(device_id):
+        raise forbidden(f"Device {device_id!r} is outside this key's scope ({who.scope}).")
 
 
 def device_logs(device_id: str):
