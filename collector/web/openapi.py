@@ -106,7 +106,44 @@ def build_spec(settings: Settings) -> dict:
                                                    "responses": {"200": {"description": "OpenAPI 3"}}}})
     spec.path("/docs", operations={"get": {"summary": "Swagger UI for this document",
                                            "responses": {"200": {"description": "HTML page"}}}})
+    spec.path("/", operations={"get": {"summary": "Where to go from here",
+                                       "responses": {"200": {"description": "Links"}}}})
+    _secure(spec, settings)
     return spec.to_dict()
+
+
+# Which roles each operation admits (collector.web.auth.ACCESS is the one enforced).
+_ROLES = {
+    ("/api/log", "post"): "device (in scope) or admin",
+    ("/api/logs/batch", "post"): "device (every log in scope) or admin",
+    ("/api/logs/{device_id}", "get"): "device (in scope), reader or admin",
+    ("/api/devices/{device_id}/sequence", "get"): "device (in scope), reader or admin",
+    ("/api/stats", "get"): "reader or admin",
+    ("/api/dead-letters", "get"): "admin",
+    ("/metrics", "get"): "admin, or the METRICS_TOKEN",
+}
+
+
+def _secure(spec: APISpec, settings: Settings) -> None:
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
+                                               "description": "A key from `python -m collector.keys create`."})
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    if not settings.auth_enabled:
+        return
+    for (path, method), roles in _ROLES.items():
+        operation = spec._paths[path][method]
+        operation["security"] = [{"bearer": []}, {"apiKey": []}]
+        operation["description"] = f"Keys: {roles}."
+        operation["responses"].update({
+            "401": {"description": "No key, or an unknown or revoked one (WWW-Authenticate: Bearer)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "403": {"description": "The key's role or scope does not cover this",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        })
+    for path in ("/api/log", "/api/logs/batch"):
+        spec._paths[path]["post"]["responses"]["429"] = {
+            "description": "A device over its rate limit (logs, not requests); honour Retry-After",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 @docs.get("/openapi.json")
