@@ -8,7 +8,9 @@ The template's variables default to the `make run` stack (APIs on :8001 and :800
 nginx on 127.0.0.1:18723, the seed's 10000r/s with a burst of 2000); any of them
 set in the environment wins (the tests start nginx with their own ports and rate).
 The access log is off unless NGINX_ACCESS_LOG names a file (or /dev/stdout): then
-it gets the template's JSON lines (collector_json).
+it gets the template's JSON lines (collector_json). With TLS_CERT and TLS_KEY (paths
+to a PEM certificate and its key) the port serves HTTPS only, and plain HTTP to it
+is refused with a JSON 400.
 """
 
 import os
@@ -60,6 +62,19 @@ def access_log_params(path: str) -> str:
     return f"{path} collector_json"
 
 
+def tls_settings(env: dict, state: Path) -> dict[str, str]:
+    """The template's ${LISTEN_TLS} and ${TLS_SNIPPET} for TLS_CERT / TLS_KEY (or plain HTTP)."""
+    cert, key = env.get("TLS_CERT", "").strip(), env.get("TLS_KEY", "").strip()
+    if bool(cert) != bool(key):
+        sys.exit("TLS needs both TLS_CERT and TLS_KEY (paths to a PEM certificate and its key)")
+    if not cert:
+        return {"LISTEN_TLS": "", "TLS_SNIPPET": str(ROOT / "nginx" / "tls-off.conf")}
+    snippet = state / "tls.conf"
+    snippet.write_text(f"ssl_certificate {Path(cert).resolve()};\nssl_certificate_key {Path(key).resolve()};\n"
+                       "ssl_protocols TLSv1.2 TLSv1.3;\nssl_session_cache shared:collector_tls:10m;\n")
+    return {"LISTEN_TLS": "ssl", "TLS_SNIPPET": str(snippet)}
+
+
 def render(template: str, env: dict) -> str:
     def value(match: re.Match) -> str:
         name = match.group(1)
@@ -78,6 +93,7 @@ def main() -> None:
            **os.environ}
     state = Path(env.get("NGINX_STATE_DIR", ROOT / "var" / "nginx")).resolve()
     state.mkdir(parents=True, exist_ok=True)
+    env.update(tls_settings(env, state))
     (state / "collector.conf").write_text(render(TEMPLATE.read_text(), env))
     main_conf = MAIN.format(state=state)
     if os.geteuid() == 0:
