@@ -7,7 +7,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/logs
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate run test lint bench up down logs ps clean
+.PHONY: help install migrate demo-keys run test lint bench up down logs ps clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -23,8 +23,11 @@ install: $(BIN)/activate ## Create .venv/ with the project (editable) and its te
 migrate: install ## Create the database if needed and apply migrations/ (idempotent)
 	$(BIN)/python -m collector.migrate
 
-run: migrate ## Run the whole stack in the foreground: api1 :8001, api2 :8002, worker, beat, flower :5555, nginx :18723
-	@command -v nginx >/dev/null || { echo "nginx is not installed: sudo apt-get install -y nginx (or brew install nginx)"; exit 1; }
+demo-keys: migrate ## Create (once) the demo fleet, reader and admin keys in var/demo-keys.env
+	$(BIN)/python -m collector.devtools.demo_keys
+
+run: demo-keys ## Run the whole stack in the foreground: api1 :8001, api2 :8002, worker, beat, flower :5555, nginx :18723
+	@command -v nginx >/dev/null || command -v /usr/sbin/nginx >/dev/null || { echo "nginx is not installed: sudo apt-get install -y nginx (or brew install nginx)"; exit 1; }
 	$(BIN)/honcho start -f Procfile
 
 test: install ## Run the whole test suite against the local Redis and PostgreSQL (isolated namespaces)
@@ -36,7 +39,12 @@ lint: install ## Static checks
 bench: install ## Load the local stack with Locust and report accepted/persisted rates and latency
 	$(BIN)/python -m bench
 
-up: ## Run the whole stack in Docker (needs a Docker engine)
+.env:
+	@$(PYTHON) -c 'import secrets; t = secrets.token_urlsafe; print(f"POSTGRES_PASSWORD={t(24)}\nFLOWER_BASIC_AUTH=admin:{t(18)}\nMETRICS_TOKEN={t(32)}")' > .env
+	@chmod 600 .env
+	@echo "wrote .env with random secrets (git ignores it; keep it: the database uses its password)"
+
+up: .env ## Run the whole stack in Docker (needs a Docker engine; writes .env with random secrets once)
 	docker compose up -d --build
 
 down: ## Stop the Docker stack
