@@ -1,0 +1,191 @@
+"""Exactly once from the device, with real processes: lost replies, a killed API
+instance, copies through both instances, keys and limits through nginx."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+import redis
+import requests
+
+from collector.devtools.processes import ROOT, nginx_binary, wait_until
+from tests.stack import Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+# Redis busy for longer than REDIS_TIMEOUT (0.5 s): requests in flight time out and get
+# a 503, although Redis runs their scripts once it is free again. A script, not CLIENT
+# PAUSE: a paused client's commands are dropped when it times out.
+BUSY_SCRIPT = """
+local t = redis.call('TIME')
+local start = tonumber(t[1]) * 1000000 + tonumber(t[2])
+while true do
+    local n = redis.call('TIME')
+    if tonumber(n[1]) * 1000000 + tonumber(n[2]) - start > tonumber(ARGV[1]) then break end
+end
+return 1
+"""
+
+
+class Devices:
+    """Devices that number their logs, send each batch with an Idempotency-Key, and
+    resend the same body with the same key on 502/503/504 and connection errors."""
+
+    def __init__(self, urls: list[str], devices: int = 8, batches: int = 40, size: int = 5,
+                 headers: dict | None = None) -> None:
+        self.urls, self.devices, self.batches, self.size = urls, devices, batches, size
+        self.headers = headers or {}
+        self.sent: set[str] = set()  # messages that got a 200
+        self.retried = 0
+        self.replayed = 0
+        self.statuses: dict[int | str, int] = {}
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._device, args=(d,), daemon=True) for d in range(devices)]
+
+    def start(self) -> Devices:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def wait(self, timeout: float = 240) -> None:
+        for t in self._threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in self._threads), "devices still sending"
+        assert not self.failures, self.failures[:5]
+
+    def _count(self, what) -> None:
+        with self._lock:
+            self.statuses[what] = self.statuses.get(what, 0) + 1
+
+    def _device(self, d: int) -> None:
+        urls = itertools.cycle(self.urls[d % len(self.urls):] + self.urls[:d % len(self.urls)])
+        session = requests.Session()
+        boot = f"boot-{uuid.uuid4().hex[:6]}"
+        seq = itertools.count(1)
+        for b in range(self.batches):
+            logs = [{"device_id": f"device_{d:03d}", "log_level": "INFO", "message": f"d{d}-b{b}-{i}",
+                     "seq": next(seq), "boot_id": boot} for i in range(self.size)]
+            key = str(uuid.uuid4())
+            for _attempt in range(200):
+                try:
+                    r = session.post(f"{next(urls)}/api/logs/batch", json={"logs": logs}, timeout=10,
+                                     headers={"Idempotency-Key": key, **self.headers})
+                    self._count(r.status_code)
+                    if r.status_code == 200:
+                        with self._lock:
+                            self.sent.update(log["message"] for log in logs)
+                            self.replayed += r.headers.get("Idempotent-Replayed") == "true"
+                        break
+                    if r.status_code not in (502, 503, 504):
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                        return
+                except requests.RequestException as exc:
+                    self._count(type(exc).__name__)
+                with self._lock:
+                    self.retried += 1
+                time.sleep(0.1)  # quicker than Retry-After: the test is about correctness
+            else:
+                self.failures.append(f"device {d} gave up on batch {b}")
+                return
+
+
+def stored_messages(database_url: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        return [m for (m,) in conn.execute("SELECT message FROM logs")]
+
+
+def assert_each_stored_once(devices: Devices, database_url: str) -> None:
+    expected = devices.devices * devices.batches * devices.size
+    assert len(devices.sent) == expected
+    wait_until(lambda: len(stored_messages(database_url)) >= expected, 180, f"{expected} rows", interval=0.5)
+    time.sleep(2)  # a late duplicate would land now
+    stored = stored_messages(database_url)
+    assert len(stored) == len(set(stored)) == expected, f"{len(stored)} rows, {len(set(stored))} distinct"
+    assert set(stored) == devices.sent
+
+
+@pytest.fixture
+def fresh_db(base_settings, empty_tables):
+    empty_tables()
+    return base_settings.database_url
+
+
+@pytest.fixture
+def make_stack(base_settings, tmp_path, request):
+    stacks = []
+
+    def make(**env) -> Stack:
+        env = {"REDIS_URL": base_settings.redis_url, "DATABASE_URL": base_settings.database_url,
+               "KEY_PREFIX": f"{base_settings.key_prefix}{request.node.name}:", "DRAIN_INTERVAL": "0.5", **env}
+        stacks.append(Stack(env, tmp_path))
+        return stacks[-1]
+
+    yield make
+    for stack in stacks:
+        stack.stop()
+
+
+def test_lost_replies_while_redis_is_busy_store_every_log_exactly_once(make_stack, fresh_db, base_settings):
+    stack = make_stack()
+    urls = [stack.start_api(0), stack.start_api(1)]
+    stack.start_worker()
+    stack.start_beat()
+    devices = Devices(urls, devices=16, batches=30).start()
+    busy = redis.Redis.from_url(base_settings.redis_url)
+    for _ in range(3):
+        time.sleep(0.7)
+        busy.eval(BUSY_SCRIPT, 0, 1_500_000)  # 1.5 s, three times REDIS_TIMEOUT
+    devices.wait()
+    assert devices.statuses.get(503, 0) > 0, f"Redis being busy refused nothing: {devices.statuses}"
+    assert devices.replayed > 0, "no request was executed by Redis after its 503: the fault did not happen"
+    assert_each_stored_once(devices, fresh_db)
+
+
+def test_kill_9_of_an_api_instance_under_retrying_load_stores_every_log_exactly_once(make_stack, fresh_db):
+    if nginx_binary() is None:
+        pytest.fail("nginx is required: apt-get install -y nginx")
+    stack = make_stack()
+    stack.start_all()
+    front = f"http://127.0.0.1:{stack.front_port}"
+    devices = Devices([front], devices=12, batches=40).start()
+    wait_until(lambda: len(devices.sent) > 300, 60, "load under way")
+    stack.kill("api1")
+    time.sleep(1.0)
+    stack.start_api(0, port=stack.api_ports[0])
+    devices.wait()
+    assert_each_stored_once(devices, fresh_db)
+
+
+def test_the_same_seq_through_both_instances_and_a_replay_is_stored_once(make_stack, fresh_db, base_settings):
+    stack = make_stack()
+    api1, api2 = stack.start_api(0), stack.start_api(1)
+    stack.start_worker()
+    stack.start_beat()
+    log = {"device_id": "device_042", "log_level": "WARNING", "message": "fan stalled", "seq": 7, "boot_id": "b1"}
+    assert requests.post(f"{api1}/api/log", json=log, timeout=10).status_code == 200
+    assert requests.post(f"{api2}/api/log", json={**log, "message": "fan stalled (resent)"}, timeout=10
+                         ).status_code == 200
+    wait_until(lambda: requests.get(f"{api1}/api/stats", timeout=5).json()["pipeline"]["duplicates_skipped"] == 1,
+               60, "the second copy to be skipped")
+    # A third copy comes back through the dead-letter store and is replayed.
+    with psycopg.connect(fresh_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO dead_letters (stream, stream_id, payload, reason, delivery_count) VALUES (%s, %s, %s, %s, 1)",
+            ("elsewhere#1", "1-1", psycopg.types.json.Jsonb(
+                {"d": "device_042", "l": "WARNING", "m": "fan stalled (replayed)", "t": "2026-01-01T00:00:00+00:00",
+                 "r": "2026-01-01T00:00:00+00:00", "b": "b1", "s": "7"}), "test"))
+    env = {"DATABASE_URL": fresh_db, "REDIS_URL": base_settings.redis_url, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "collector.deadletters", "replay", "--all"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    with psycopg.connect(fresh_db) as conn:
+        assert conn.execute("SELECT message FROM logs").fetchall() == [("fan stalled",)]
+        assert conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 0
