@@ -6,9 +6,12 @@ import dataclasses
 import logging
 import subprocess
 import sys
+import threading
 import time
+import uuid
 
 import pytest
+import redis as redis_lib
 
 from collector import keys as keys_cli
 from collector.devtools.processes import ROOT
@@ -165,3 +168,54 @@ def test_without_auth_everything_is_open(settings, db):
     assert client.get("/api/dead-letters").status_code == 200
     assert client.post("/api/log", json=log()).status_code == 200
     app.extensions["collector"].db.close()
+
+
+def monitored(settings, action) -> list[tuple[bool, str]]:
+    """(from a script?, command name) of every command Redis ran during `action()`."""
+    seen: list[tuple[bool, str]] = []
+    ready, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        with redis_lib.Redis.from_url(settings.redis_url).monitor() as monitor:
+            ready.set()
+            for event in monitor.listen():
+                if event["command"] == "PING done":
+                    break
+                name = event["command"].split(" ", 1)[0].upper()
+                if name not in ("HELLO", "CLIENT", "PING"):  # connection set-up (ours too), not requests
+                    seen.append((event.get("client_type") == "lua", name))
+        done.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    ready.wait(10)
+    time.sleep(0.2)
+    action()
+    redis_lib.Redis.from_url(settings.redis_url).execute_command("PING", "done")
+    done.wait(10)
+    return seen
+
+
+def test_keys_and_limits_cost_no_extra_redis_round_trip(settings, db, cli):
+    secret = create(cli, "--prefix", "device_")
+    plain = create_app(dataclasses.replace(settings, auth_enabled=False, rate_limit_per_device=0.0,
+                                           backpressure_check_interval=3600.0)).test_client()
+    guarded = create_app(dataclasses.replace(settings, auth_enabled=True, backpressure_check_interval=3600.0)
+                         ).test_client()
+    body = {"logs": [log(f"device_{i:03d}") for i in range(5)]}
+    for client in (plain, guarded):  # warm up: back-pressure reading, key lookup, script load
+        assert client.post("/api/logs/batch", json=body, headers=bearer(secret)).status_code == 200
+
+    def send(client, n: int = 20, key: bool = False):
+        def run():
+            for i in range(n):
+                headers = {**bearer(secret), **({"Idempotency-Key": f"k{i}-{uuid.uuid4()}"} if key else {})}
+                assert client.post("/api/logs/batch", json=body, headers=headers).status_code == 200
+        return run
+
+    without = [name for lua, name in monitored(settings, send(plain)) if not lua]
+    with_all = [name for lua, name in monitored(settings, send(guarded, key=True)) if not lua]
+    # One MULTI/EXEC per request either way: plain XADDs, or one script doing it all.
+    assert without.count("EXEC") == with_all.count("EXEC") == 20
+    assert set(with_all) == {"MULTI", "EVALSHA", "EXEC"}, sorted(set(with_all))
+    assert set(without) == {"MULTI", "XADD", "HINCRBY", "EXEC"}, sorted(set(without))
