@@ -15,7 +15,7 @@ import pytest
 import redis
 import requests
 
-from collector.devtools.processes import ROOT, nginx_binary, wait_until
+from collector.devtools.processes import ROOT, Process, free_port, nginx_binary, wait_until
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -239,3 +239,27 @@ def test_keys_and_limits_through_nginx_and_revocation_on_both_instances(make_sta
     time.sleep(1.1)  # reads re-check a cached key after one second (keyring.REVALIDATE_SECONDS)
     for url in api_urls:
         assert requests.get(f"{url}/api/stats", headers={"X-API-Key": reader}, timeout=5).status_code == 401
+
+
+def test_https_mode_serves_tls_and_refuses_plain_http(make_stack, fresh_db, tmp_path):
+    if nginx_binary() is None:
+        pytest.fail("nginx is required: apt-get install -y nginx")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    stack = make_stack()
+    api = stack.start_api(0).removeprefix("http://")
+    port = free_port()
+    nginx = Process("nginx-tls", [sys.executable, str(ROOT / "nginx" / "run_local.py")],
+                    {**stack.env, "API1_ADDR": api, "API2_ADDR": api, "LISTEN": f"127.0.0.1:{port}",
+                     "NGINX_STATE_DIR": str(tmp_path / "nginx"), "TLS_CERT": str(cert), "TLS_KEY": str(key)},
+                    tmp_path / "nginx-tls.log").start()
+    try:
+        health = wait_until(lambda: requests.get(f"https://127.0.0.1:{port}/health", verify=str(cert), timeout=3),
+                            30, "nginx over HTTPS")
+        assert health.status_code == 200 and health.json()["status"] == "healthy"
+        plain = requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert plain.status_code == 400 and plain.json()["error"] == "https_required"
+    finally:
+        nginx.stop()
