@@ -4,8 +4,9 @@
 
 Posts through the real app (in-process, against REDIS_URL / DATABASE_URL) batches of
 5 logs with UUID keys, reads MEMORY USAGE of the records, and prints the bytes per
-key and the memory the default TTL needs at `--rate` requests per second (the
-single-log wrk workload's rate is about 4,000/s on the 2-core machine).
+key and the memory the default TTL needs at `--rate` requests per second. The
+default rate is an input, not a measurement: about the single-log wrk rate the
+performance issue reports for this 2-core machine (3,900/s), rounded up.
 """
 
 from __future__ import annotations

@@ -1,11 +1,24 @@
 """A simulated device fleet for the log collector: one Locust user per device.
 
-Each user is a device with its own id (``dev-00042``). On every tick it sends its
+Each user is a device with its own id (``device-00042``). On every tick it sends its
 logs, either one at a time (POST /api/log) or as a batch (POST /api/logs/batch),
 with a realistic mix: mostly INFO and DEBUG, some WARNING, few ERROR/CRITICAL;
 short messages most of the time, a stack trace now and then; small metric
 objects in ``log_data`` and the occasional bulky one. Now and then it reads its
 own newest logs (GET /api/logs/<device_id>?limit=20) or the stats.
+
+Devices send exactly once, as the README's retry loop does: each request carries
+an ``Idempotency-Key``, and a 502/503/504 or a broken connection is retried with
+the same key and the same body (honouring Retry-After, up to 2 s, at most 8
+tries); each log carries ``seq`` and the device's ``boot_id``. A retried answer
+is not a failure; giving up is. ``--no-exactly-once`` sends neither (to measure
+what they cost).
+
+The logs themselves come from ``collector.devtools.fleet`` (the bench's drain
+backlog uses the same generators), device ids are checked against the service's
+own rule (``collector.core.model.DEVICE_ID_RE``), and the accepted-log count and
+the thresholds live in ``accounting.py`` beside this file. So the fleet needs
+the collector installed (``make install``: it is, editable, in .venv/).
 
 Run it::
 
@@ -26,12 +39,22 @@ them under "Custom parameters"):
   --batch-ratio F       share of sends that are batches, 0..1 (0.3) [DEVICES_BATCH_RATIO]
   --read-ratio F        reads per send, 0..1; a tenth of them read /api/stats (0.02)
                         [DEVICES_READ_RATIO]
-  --device-prefix P     device ids are P-00001, P-00002, ... (dev) [DEVICES_PREFIX]
+  --device-prefix P     device ids are P-00001, P-00002, ... (device) [DEVICES_PREFIX]
+  --no-exactly-once     no Idempotency-Key, seq or boot_id, no retries [DEVICES_EXACTLY_ONCE=0]
   --max-fail-ratio F    headless runs exit 1 above this failure ratio (0.01)
                         [DEVICES_MAX_FAIL_RATIO]
   --max-p95-ms MS       headless runs exit 1 above this p95, all requests;
                         0 disables (1000) [DEVICES_MAX_P95_MS]
   --accepted-file PATH  at quit, write how many logs got a 2xx [DEVICES_ACCEPTED_FILE]
+  --api-key KEY         key every request carries (Authorization: Bearer): a fleet
+                        key for the device ids (python -m collector.keys create
+                        --prefix P) [DEVICES_API_KEY]
+  --reader-key KEY      key for the /api/stats reads, which need a reader or admin
+                        key (default: --api-key) [DEVICES_READER_KEY]
+
+Without --api-key the fleet uses COLLECTOR_KEY and COLLECTOR_READER_KEY, from the
+environment or from the demo keys `make run` writes (var/demo-keys.env); with no
+key at all it sends none (a stack with AUTH_ENABLED=false).
 
 Counting accepted logs: a log counts once its request got any 2xx, because the
 collector then owes us a row in PostgreSQL (even if the body were odd, which is
@@ -47,111 +70,32 @@ index (``dev-w1-00042``) so they stay distinct across processes.
 
 from __future__ import annotations
 
-import datetime as dt
+import argparse
 import itertools
-import logging
 import os
 import random
-import re
-import string
 import time
+import uuid
 
 import gevent
+from accounting import tally  # beside this file: Locust puts its directory on sys.path
 from locust import FastHttpUser, constant, events, task
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import WorkerRunner
 from locust.user.task import LOCUST_STATE_STOPPING
 
-log = logging.getLogger("devices")
-
-# Same rule as collector.schemas.DEVICE_ID_PATTERN (not imported: the locustfile must
-# run from a machine that only has Locust installed).
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$")
-
-# Level mix of a healthy fleet: chatty INFO/DEBUG, rare trouble.
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-LEVEL_WEIGHTS = (25, 60, 10, 4, 1)
+from collector.core.model import DEVICE_ID_RE
+from collector.devtools.demo_keys import DEFAULT_FILE as DEMO_KEYS
+from collector.devtools.demo_keys import read_env_file
+from collector.devtools.fleet import device_id, make_log
 
 # Share of reads that go to /api/stats rather than the device's own logs.
 STATS_SHARE_OF_READS = 0.1
+# Retrying a request that may not have been stored: statuses, tries, longest wait.
+RETRY_STATUSES = (0, 502, 503, 504)  # 0: no response (connection refused, reset, timeout)
+MAX_TRIES = 8
+MAX_RETRY_WAIT = 2.0
 
-MESSAGES = {
-    "DEBUG": (
-        "poll cycle {n} finished in {ms} ms",
-        "sensor {sensor} raw={value} filtered={value2}",
-        "mqtt keepalive sent, rtt {ms} ms",
-        "cache hit ratio {pct}% over {n} lookups",
-    ),
-    "INFO": (
-        "temperature {value} °C, humidity {pct}%",
-        "heartbeat ok, uptime {n} s",
-        "uploaded {n} readings in {ms} ms",
-        "firmware {fw} running, config rev {n}",
-        "door sensor {sensor} state changed to {state}",
-        "battery at {pct}%, charging={flag}",
-    ),
-    "WARNING": (
-        "battery low: {pct}%",
-        "wifi signal weak: {rssi} dBm, retrying in {n} s",
-        "sensor {sensor} reading out of range: {value}",
-        "clock drift of {ms} ms corrected by NTP",
-    ),
-    "ERROR": (
-        "upload failed after {n} attempts: connection reset by peer",
-        "sensor {sensor} not responding (i2c timeout after {ms} ms)",
-        "config checksum mismatch, falling back to rev {n}",
-    ),
-    "CRITICAL": (
-        "watchdog reset imminent: main loop stalled for {ms} ms",
-        "storage full ({pct}%), dropping readings",
-        "overheat: {value} °C, shutting down actuators",
-    ),
-}
-SENSORS = ("temp0", "temp1", "hum0", "door", "accel", "press0", "lux")
-FIRMWARE = ("1.4.2", "1.4.3", "1.5.0-rc1", "2.0.1")
-
-
-def _stack_trace() -> str:
-    """A multi-line trace, as devices attach to errors: the big messages in the mix."""
-    frames = random.randint(8, 40)
-    return "Traceback (most recent call last):\n" + "".join(
-        f'  File "/opt/fw/{random.choice(SENSORS)}/driver_{i}.py", line {random.randint(1, 900)}, '
-        f"in {random.choice(('read', 'poll', 'flush', 'send', 'retry'))}\n"
-        f"    {''.join(random.choices(string.ascii_lowercase + ' ._()=', k=random.randint(20, 70)))}\n"
-        for i in range(frames)
-    ) + "TimeoutError: device did not answer"
-
-
-def make_message(level: str) -> str:
-    text = random.choice(MESSAGES[level]).format(
-        n=random.randint(1, 100_000), ms=random.randint(1, 5000), sensor=random.choice(SENSORS),
-        value=round(random.uniform(-20, 85), 2), value2=round(random.uniform(-20, 85), 2),
-        pct=random.randint(0, 100), fw=random.choice(FIRMWARE), state=random.choice(("open", "closed")),
-        flag=random.choice(("true", "false")), rssi=random.randint(-95, -60),
-    )
-    if level in ("ERROR", "CRITICAL") and random.random() < 0.5:
-        text += "\n" + _stack_trace()  # 1-4 KB, well under MAX_MESSAGE_CHARS (10,000)
-    elif random.random() < 0.02:
-        text += " | " + " ".join(random.choices(SENSORS, k=random.randint(50, 200)))  # chatty dump
-    return text
-
-
-def make_log_data(level: str, seq: int) -> dict | None:
-    """None for ~30% of logs; small metrics mostly; now and then a bulky reading set."""
-    roll = random.random()
-    if roll < 0.3:
-        return None
-    data: dict = {"seq": seq, "fw": random.choice(FIRMWARE), "uptime_s": random.randint(0, 10**7)}
-    if level in ("ERROR", "CRITICAL"):
-        data.update(error_code=f"E{random.randint(100, 999)}", trace_id=f"{random.getrandbits(64):016x}")
-    if roll > 0.97:
-        # A few KB of readings, under MAX_LOG_DATA_BYTES (16 KiB) as compact JSON.
-        data["readings"] = [
-            {"t": i, "sensor": random.choice(SENSORS), "v": round(random.uniform(0, 100), 3)}
-            for i in range(random.randint(20, 120))
-        ]
-    else:
-        data["metrics"] = {s: round(random.uniform(0, 100), 2) for s in random.sample(SENSORS, 3)}
-    return data
+_device_numbers = itertools.count(1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,9 +115,14 @@ def _add_options(parser) -> None:
     group.add_argument("--read-ratio", type=float, env_var="DEVICES_READ_RATIO", default=0.02,
                        help="Reads per send, 0..1: the device reads its own newest 20 logs, "
                             f"or /api/stats for {STATS_SHARE_OF_READS:.0%} of reads (default 0.02).")
-    group.add_argument("--device-prefix", env_var="DEVICES_PREFIX", default="dev",
+    group.add_argument("--device-prefix", env_var="DEVICES_PREFIX", default="device",
                        help="Device ids are <prefix>-00001, <prefix>-00002, ...; a test can use a unique "
-                            "prefix to find its own rows (default dev).")
+                            "prefix to find its own rows (default device, which make run's demo fleet key covers).")
+    group.add_argument("--exactly-once", action=argparse.BooleanOptionalAction, env_var="DEVICES_EXACTLY_ONCE",
+                       default=True,
+                       help="Send an Idempotency-Key with every request and retry 502/503/504 and connection "
+                            "errors with it, and number logs with seq/boot_id (default on; --no-exactly-once "
+                            "to measure what they cost).")
     group.add_argument("--max-fail-ratio", type=float, env_var="DEVICES_MAX_FAIL_RATIO", default=0.01,
                        help="Headless runs exit with 1 if the failure ratio of all requests exceeds this "
                             "(default 0.01).")
@@ -183,6 +132,15 @@ def _add_options(parser) -> None:
     group.add_argument("--accepted-file", env_var="DEVICES_ACCEPTED_FILE", default="",
                        help="At quit, write the number of logs that got a 2xx response to this file "
                             "(one integer), so a test can check they all reached PostgreSQL.")
+    # On the parser, not the group: only the parser knows is_secret (masked in the web UI).
+    parser.add_argument("--api-key", env_var="DEVICES_API_KEY", default="", is_secret=True,
+                        help="Key every request carries (Authorization: Bearer): a fleet key for the device ids, "
+                             "from `python -m collector.keys create --prefix <device-prefix>` (default: "
+                             "COLLECTOR_KEY, from the environment or var/demo-keys.env; none: no key).")
+    parser.add_argument("--reader-key", env_var="DEVICES_READER_KEY", default="", is_secret=True,
+                        help="Key for the /api/stats reads, which need a reader or admin key "
+                             "(`python -m collector.keys create --role reader`); default: --api-key, or "
+                             "COLLECTOR_READER_KEY when --api-key is not given.")
 
 
 def _validate_options(options) -> None:
@@ -196,99 +154,33 @@ def _validate_options(options) -> None:
             problems.append(f"--{name.replace('_', '-')} must be between 0 and 1")
     if options.max_p95_ms < 0:
         problems.append("--max-p95-ms must be >= 0")
-    if not DEVICE_ID_RE.match(f"{options.device_prefix}-w99-00001"):
+    if not DEVICE_ID_RE.match(device_id(options.device_prefix, 1, worker=99)):
         problems.append(f"--device-prefix {options.device_prefix!r} does not make valid device ids")
     if problems:
         raise SystemExit("devices.py: " + "; ".join(problems))
 
 
-# ---------------------------------------------------------------------------------------
-# Accepted-log bookkeeping (per process; workers report to the master)
-# ---------------------------------------------------------------------------------------
-
-class Tally:
-    """Logs that got a 2xx, and logs whose request is still out (their fate unknown)."""
-
-    def __init__(self) -> None:
-        self.accepted = 0          # total for this process (or, on a master, the fleet)
-        self.unreported = 0        # on a worker: accepted since the last report to the master
-        self.in_flight = 0
-
-    def reset(self) -> None:
-        self.accepted = self.unreported = self.in_flight = 0
+def _keys(options) -> tuple[str, str]:
+    """(fleet key, reader key): the options; else COLLECTOR_KEY and COLLECTOR_READER_KEY from
+    the environment or from `make run`'s demo keys file; "" where there is none."""
+    if options.api_key:
+        return options.api_key, options.reader_key or options.api_key
+    demo = read_env_file(DEMO_KEYS)
+    fleet = os.environ.get("COLLECTOR_KEY") or demo.get("COLLECTOR_KEY", "")
+    reader = (options.reader_key or os.environ.get("COLLECTOR_READER_KEY") or demo.get("COLLECTOR_READER_KEY")
+              or fleet)
+    return fleet, reader
 
 
-tally = Tally()
-_device_numbers = itertools.count(1)
+_auth: dict[str, dict[str, str] | None] = {"fleet": None, "reader": None}
 
 
 @events.init.add_listener
 def _on_init(environment, **kwargs) -> None:
     if environment.parsed_options is not None:
         _validate_options(environment.parsed_options)
-
-    if isinstance(environment.runner, WorkerRunner):
-        @environment.events.report_to_master.add_listener
-        def _report(client_id, data, **kw) -> None:
-            data["devices_accepted_logs"] = tally.unreported
-            data["devices_in_flight_logs"] = tally.in_flight
-            tally.unreported = 0
-
-    if isinstance(environment.runner, MasterRunner):
-        in_flight_by_worker: dict[str, int] = {}
-
-        @environment.events.worker_report.add_listener
-        def _collect(client_id, data, **kw) -> None:
-            tally.accepted += data.get("devices_accepted_logs", 0)
-            in_flight_by_worker[client_id] = data.get("devices_in_flight_logs", 0)
-            tally.in_flight = sum(in_flight_by_worker.values())
-
-
-@events.test_start.add_listener
-def _on_test_start(environment, **kwargs) -> None:
-    # A new test from the web UI starts counting from zero, like Locust's own stats.
-    tally.reset()
-
-
-@events.quitting.add_listener
-def _on_quitting(environment, **kwargs) -> None:
-    if isinstance(environment.runner, WorkerRunner):
-        return  # the master judges and writes, from the whole fleet's numbers
-    options = environment.parsed_options
-    if tally.in_flight:
-        log.warning("%d log(s) were in flight when users were stopped: they may or may not be stored "
-                    "(use --stop-timeout to let requests finish)", tally.in_flight)
-    log.info("accepted logs (2xx): %d", tally.accepted)
-    if options is None:
-        return
-    if options.accepted_file:
-        tmp = f"{options.accepted_file}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(f"{tally.accepted}\n")
-        os.replace(tmp, options.accepted_file)  # a reader never sees a half-written file
-    if options.headless or options.autostart:
-        _judge(environment, options)
-
-
-def _judge(environment, options) -> None:
-    """Set the exit code from the thresholds, replacing Locust's "any failure is 1" rule."""
-    total = environment.stats.total
-    missed = []
-    if total.num_requests == 0:
-        missed.append("no requests were made")
-    if total.fail_ratio > options.max_fail_ratio:
-        missed.append(f"failure ratio {total.fail_ratio:.2%} > {options.max_fail_ratio:.2%}")
-    p95 = total.get_response_time_percentile(0.95) or 0
-    if options.max_p95_ms and p95 > options.max_p95_ms:
-        missed.append(f"p95 {p95:g} ms > {options.max_p95_ms:g} ms")
-    if missed:
-        log.error("thresholds missed: %s", "; ".join(missed))
-        environment.process_exit_code = 1
-    elif environment.runner is not None and environment.runner.exceptions:
-        pass  # an exception in this file is a bug: keep Locust's own non-zero exit code
-    else:
-        log.info("thresholds met: failure ratio %.2f%%, p95 %.0f ms", total.fail_ratio * 100, p95)
-        environment.process_exit_code = 0
+        fleet, reader = _keys(environment.parsed_options)
+        _auth.update(fleet=_bearer(fleet), reader=_bearer(reader))
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,9 +199,12 @@ class Device(FastHttpUser):
         options = self.environment.parsed_options
         runner = self.environment.runner
         # Each process numbers its own devices; workers add their index so ids stay distinct.
-        worker = f"w{runner.worker_index}-" if isinstance(runner, WorkerRunner) else ""
-        self.device_id = f"{options.device_prefix}-{worker}{next(_device_numbers):05d}"
+        worker = runner.worker_index if isinstance(runner, WorkerRunner) else None
+        self.device_id = device_id(options.device_prefix, next(_device_numbers), worker)
         self.seq = 0
+        self.boot_id = uuid.uuid4().hex[:12]  # a new counter run each time the device starts
+        self.exactly_once = options.exactly_once
+        self.auth, self.reader_auth = _auth["fleet"], _auth["reader"]
         # Devices boot at random moments, not in lockstep: the first send comes within one
         # pacing interval.
         mean_logs = 1 + options.batch_ratio * (options.batch_size - 1)
@@ -337,14 +232,10 @@ class Device(FastHttpUser):
 
     def _log(self) -> dict:
         self.seq += 1
-        level = random.choices(LEVELS, LEVEL_WEIGHTS)[0]
-        body = {"device_id": self.device_id, "log_level": level, "message": make_message(level)}
-        data = make_log_data(level, self.seq)
-        if data is not None:
-            body["log_data"] = data
-        if random.random() < 0.9:  # most devices stamp their logs; the rest let the server do it
-            body["timestamp"] = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-        return body
+        log = make_log(self.device_id, self.seq)
+        if self.exactly_once:
+            log.update(seq=self.seq, boot_id=self.boot_id)
+        return log
 
     @task
     def tick(self) -> None:
@@ -366,17 +257,27 @@ class Device(FastHttpUser):
         """POST, count the logs if 2xx, and fail the request unless `check(body)` passes."""
         # If the user is killed during the request (GreenletExit at the end of a run without
         # --stop-timeout), the logs stay counted as in flight and the quit message reports them.
-        tally.in_flight += n_logs
-        with self.client.post(path, json=payload, name=path, catch_response=True) as resp:
-            tally.in_flight -= n_logs
-            if 200 <= resp.status_code < 300:
-                tally.accepted += n_logs
-                tally.unreported += n_logs
-            problem = _queued_problem(resp, check)
-            if problem:
-                resp.failure(problem)
-            else:
-                resp.success()
+        tally.sending(n_logs)
+        headers = dict(self.auth or {})
+        if self.exactly_once:
+            headers["Idempotency-Key"] = str(uuid.uuid4())
+        for attempt in range(1, MAX_TRIES + 1):
+            with self.client.post(path, json=payload, name=path, headers=headers, catch_response=True) as resp:
+                retry = (self.exactly_once and attempt < MAX_TRIES and resp.status_code in RETRY_STATUSES)
+                if retry:
+                    # Not a failure: the same key and body again is how a device finds out.
+                    resp.success()
+                    tally.retried += 1
+                    wait = resp.headers.get("Retry-After") if resp.headers else None
+                else:
+                    tally.answered(n_logs, accepted=200 <= resp.status_code < 300)
+                    problem = _queued_problem(resp, check)
+                    if problem:
+                        resp.failure(problem)
+                    else:
+                        resp.success()
+                    return
+            gevent.sleep(min(MAX_RETRY_WAIT, float(wait)) if wait and wait.isdigit() else 0.2)
 
     def send_one(self) -> None:
         self._post("/api/log", self._log(), 1, lambda body: bool(body.get("message_id")))
@@ -390,7 +291,7 @@ class Device(FastHttpUser):
 
     def read_own_logs(self) -> None:
         with self.client.get(f"/api/logs/{self.device_id}?limit=20", name="/api/logs/[device_id]",
-                             catch_response=True) as resp:
+                             headers=self.auth, catch_response=True) as resp:
             body = _json(resp)
             if resp.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
                 resp.failure(_describe(resp, "expected 200 with a data list"))
@@ -398,12 +299,17 @@ class Device(FastHttpUser):
                 resp.success()
 
     def read_stats(self) -> None:
-        with self.client.get("/api/stats", name="/api/stats", catch_response=True) as resp:
+        with self.client.get("/api/stats", name="/api/stats", headers=self.reader_auth,
+                             catch_response=True) as resp:
             body = _json(resp)
             if resp.status_code != 200 or not isinstance(body, dict) or "total_logs" not in body:
                 resp.failure(_describe(resp, "expected 200 with total_logs"))
             else:
                 resp.success()
+
+
+def _bearer(key: str) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {key}"} if key else None
 
 
 def _json(resp):

@@ -1,17 +1,21 @@
-"""Demo keys for `make run`: a fleet key for device_*, a reader and an admin key.
+"""Demo keys for `make run`: a fleet key for every device id starting `device`
+(the wrk scripts' device_000.. and the Locust fleet's device-00001..), a reader
+and an admin key.
 
     python -m collector.devtools.demo_keys [--file var/demo-keys.env]
 
 Idempotent: keys already in the file that are still live in the database are
 kept (and copied to Redis again); any other is created. The file is git-ignored
-and readable by its owner only; the Locust fleet and `make bench` read
-COLLECTOR_KEY from it (or from the environment).
+and readable by its owner only. The Locust fleet reads COLLECTOR_KEY and
+COLLECTOR_READER_KEY from the environment or this file (unless --api-key is
+given); `make bench` against a stack already running uses DEVICES_API_KEY, else
+the admin and reader keys of this file (its bench-* device ids are outside the
+fleet key's scope); on a stack of its own it makes its own keys.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from collector.store import keys
 DEFAULT_FILE = ROOT / "var" / "demo-keys.env"
 # variable -> (role, device prefix, name)
 DEMO = {
-    "COLLECTOR_KEY": ("device", "device_", "demo fleet key (device_*)"),
+    "COLLECTOR_KEY": ("device", "device", "demo fleet key (device*)"),
     "COLLECTOR_READER_KEY": ("reader", None, "demo reader"),
     "COLLECTOR_ADMIN_KEY": ("admin", None, "demo admin"),
 }
@@ -42,11 +46,6 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def fleet_key(path: Path = DEFAULT_FILE) -> str | None:
-    """COLLECTOR_KEY from the environment, else from the demo keys file."""
-    return os.environ.get("COLLECTOR_KEY") or read_env_file(path).get("COLLECTOR_KEY")
-
-
 def ensure(path: Path = DEFAULT_FILE) -> dict[str, str]:
     settings = load_settings()
     wanted = read_env_file(path)
@@ -57,7 +56,8 @@ def ensure(path: Path = DEFAULT_FILE) -> dict[str, str]:
         for variable, (role, prefix, name) in DEMO.items():
             secret = wanted.get(variable, "")
             row = live.get(keyring.key_id_of(secret) or "")
-            if row is None or row.secret_sha256 != keyring.digest(secret):
+            if (row is None or row.secret_sha256 != keyring.digest(secret) or row.role != role
+                    or row.device_prefix != prefix):
                 key_id, secret, digest = keyring.new_secret()
                 row = keys.add(conn, key_id, name, role, None, prefix, digest)
             keyring.publish(client, settings, row)

@@ -16,12 +16,20 @@ from psycopg.rows import dict_row
 
 from collector.core.model import LEVELS, Row
 
-# One statement per row. A row whose device numbers its logs first claims its
+# One statement per row; rows without a seq take the plain INSERT. A numbered row first claims its
 # (device_id, boot_id, seq) by setting the seq's bit in log_sequence_blocks; the log is
 # inserted only if the claim was new, so a copy that reached us any other way (an
 # HTTP retry, a resend after a reboot, a replay) is skipped as a duplicate, as is a
 # redelivered stream entry (ON CONFLICT on its stream identity).
-INSERT_LOG = """
+INSERT_PLAIN = """
+    INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at,
+                      boot_id, seq)
+    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz, %s, %s)
+    ON CONFLICT (stream, stream_id) DO NOTHING
+    RETURNING log_level
+"""
+
+INSERT_NUMBERED = """
     WITH v (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at, boot_id, seq) AS (
         VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz, %s::varchar, %s::bigint)
     ), claim AS (
@@ -49,24 +57,27 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
 
     Rows whose (stream, stream id) is already stored are skipped, so a batch redelivered
     after a crash between commit and XACK stores nothing twice; so are rows whose
-    (device_id, boot_id, seq) is (see INSERT_LOG). The per-level
+    (device_id, boot_id, seq) is (see INSERT_NUMBERED). The per-level
     totals move in the same transaction, keyed by `writer` so that concurrent
     drains never update the same counter row.
     """
     inserted: Counter[str] = Counter()
     if not rows:
         return inserted
-    if any(row[9] is not None for row in rows):
-        # Concurrent drains claim sequence blocks in one order, so they wait for each
-        # other instead of deadlocking. Unnumbered rows keep their stream order.
-        rows = sorted(rows, key=lambda r: (0,) if r[9] is None else (1, r[2], r[8], r[9]))
+    plain = [row for row in rows if row[9] is None]
+    # Concurrent drains claim sequence blocks in one order, so they wait for each other
+    # instead of deadlocking.
+    numbered = sorted((row for row in rows if row[9] is not None), key=lambda r: (r[2], r[8], r[9]))
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(INSERT_LOG, rows, returning=True)
-        while True:
-            for (level,) in cur.fetchall():
-                inserted[level] += 1
-            if not cur.nextset():
-                break
+        for statement, part in ((INSERT_PLAIN, plain), (INSERT_NUMBERED, numbered)):
+            if not part:
+                continue
+            cur.executemany(statement, part, returning=True)
+            while True:
+                for (level,) in cur.fetchall():
+                    inserted[level] += 1
+                if not cur.nextset():
+                    break
         if inserted:
             cur.executemany(ADD_COUNTS, [(writer, level, n) for level, n in sorted(inserted.items())])
     return inserted
