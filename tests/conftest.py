@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -66,12 +67,14 @@ def key_prefix(run_id: str):
 
 @pytest.fixture(scope="session")
 def base_settings(test_database: str, key_prefix: str) -> Settings:
+    # Keys are off: these tests are about the pipeline; tests of keys turn them on.
     return load_settings(
         {},
         redis_url=REDIS_URL,
         database_url=test_database,
         key_prefix=key_prefix,
         instance_name="pytest",
+        auth_enabled=False,
     )
 
 
@@ -88,19 +91,55 @@ def redis_client(settings: Settings):
     client.close()
 
 
+def truncate_all_tables(database_url: str) -> list[str]:
+    """Empty every table of the database (yoyo's own bookkeeping excepted) and restart
+    its sequences. The list comes from the catalog, so a new migration's table is
+    emptied too; returns the tables, schema-qualified."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT schemaname, tablename FROM pg_tables"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            r" AND tablename NOT LIKE '\_yoyo%' AND tablename NOT LIKE 'yoyo\_%'"
+            " ORDER BY 1, 2").fetchall()
+        if tables:
+            conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(
+                sql.SQL(", ").join(sql.Identifier(schema, table) for schema, table in tables)))
+    return [f"{schema}.{table}" for schema, table in tables]
+
+
+@pytest.fixture(scope="session")
+def empty_tables(test_database: str) -> Callable[[], list[str]]:
+    """Call it to empty every table of the test database: the one way tests clean up
+    (the `db` fixture calls it; fixtures of wider scope, and tests that run real
+    processes against the database, call it themselves)."""
+    return lambda: truncate_all_tables(test_database)
+
+
 @pytest.fixture
-def db(base_settings: Settings):
-    """A connection to the test database with empty tables."""
+def db(base_settings: Settings, empty_tables: Callable[[], list[str]]):
+    """A connection to the test database, every table of it empty."""
+    empty_tables()
     with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE logs, log_counts RESTART IDENTITY")
         yield conn
 
 
 @pytest.fixture
-def app(settings: Settings, db):
-    app = create_app(settings)
-    yield app
-    app.extensions["collector"].db.close()
+def make_app():
+    """create_app for settings a test builds itself; every app's pool is closed afterwards."""
+    apps = []
+
+    def make(settings: Settings):
+        apps.append(create_app(settings))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["collector"].db.close()
+
+
+@pytest.fixture
+def app(settings: Settings, db, make_app):
+    return make_app(settings)
 
 
 @pytest.fixture

@@ -14,22 +14,27 @@ import tempfile
 from pathlib import Path
 
 import psycopg
+import redis
 import requests
 
+from collector.devtools.processes import ROOT, Process, free_port, redis_server_binary, wait_until
 from collector.store.migrations import migrate
-from tests.processes import BIN, ROOT, Process, free_port, redis_server, wait_http_ok, wait_until
+
+# The virtualenv's scripts (gunicorn, celery, locust), beside the running interpreter.
+BIN = Path(sys.executable).parent
 
 
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+def wait_http_ok(url: str, timeout: float = 30) -> None:
+    wait_until(lambda: requests.get(url, timeout=2).status_code == 200, timeout, f"{url} to answer 200")
 
 
 class Stack:
     """One collector deployment; every process gets `env` plus its own variables."""
 
     def __init__(self, env: dict, log_dir: Path) -> None:
+        # Keys are off (AUTH_ENABLED): these stacks test the pipeline, not access control.
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "BEAT_SCHEDULE_FILE": str(log_dir / "beat-schedule"),
-                    **env}
+                    "AUTH_ENABLED": "false", **env}
         self.log_dir = log_dir
         self.procs: dict[str, Process] = {}  # the latest process of each name
         self._all: list[Process] = []
@@ -40,10 +45,11 @@ class Stack:
     def _start(self, name: str, argv: list[str], **env: str) -> Process:
         if name in self.procs:
             self._restarts += 1
-        proc = Process(f"{name}-{self._restarts}", argv, {**self.env, **env}, self.log_dir)
+        proc = Process(f"{name}-{self._restarts}", argv, {**self.env, **env},
+                       self.log_dir / f"{name}-{self._restarts}.log")
         self.procs[name] = proc
         self._all.append(proc)
-        return proc
+        return proc.start()
 
     def start_api(self, index: int, port: int | None = None) -> str:
         port = port or free_port()
@@ -85,7 +91,7 @@ class Stack:
         """Signal a process and all its children (kill -9 by default), and wait for them."""
         proc = self.procs[name]
         proc.signal(sig)
-        proc.popen.wait(60)
+        proc.wait(60)
 
     def stop(self) -> None:
         for proc in reversed(self._all):
@@ -108,12 +114,11 @@ class ThrowawayRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = Process(f"redis-{self.port}-{os.urandom(2).hex()}", [
-            redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        name = f"redis-{self.port}-{os.urandom(2).hex()}"
+        self.proc = Process(name, [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction",
-        ], os.environ.copy(), self.log_dir)
-        import redis
-
+        ], os.environ.copy(), self.log_dir / f"{name}.log").start()
         wait_until(lambda: redis.Redis(port=self.port).ping(), 20, "throwaway Redis")
 
     def stop(self) -> None:

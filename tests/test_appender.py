@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+import pytest
 import redis
 
-from collector.pipeline import counters
+from collector.pipeline import counters, producer
 from collector.pipeline.producer import Appender
 
 
@@ -16,7 +17,7 @@ def entries_for(caller: int, n: int) -> list[dict]:
 
 
 def test_concurrent_callers_get_their_own_ids_in_order(redis_client, settings):
-    appender = Appender(redis_client, settings.stream, counters.accepted_hook(settings), max_entries=50)
+    appender = Appender(redis_client, settings.stream, counters.accepted_counter(settings), max_entries=50)
     results: dict[int, list[str]] = {}
     start = threading.Barrier(40)
 
@@ -39,7 +40,7 @@ def test_concurrent_callers_get_their_own_ids_in_order(redis_client, settings):
 def test_every_caller_of_a_failed_group_gets_the_error(settings):
     dead = dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0")
     client = redis.Redis.from_url(dead.redis_url, socket_connect_timeout=0.2)
-    appender = Appender(client, dead.stream, counters.accepted_hook(dead))
+    appender = Appender(client, dead.stream, counters.accepted_counter(dead))
     errors = []
 
     def call(caller: int) -> None:
@@ -57,10 +58,10 @@ def test_every_caller_of_a_failed_group_gets_the_error(settings):
     assert not appender._busy and not appender._queue  # ready for the next request
 
 
-def test_a_request_killed_while_queued_does_not_stall_the_others(redis_client, settings):
+def test_a_request_killed_while_queued_does_not_stall_the_others(redis_client, settings, monkeypatch):
     """Simulates a greenlet killed while waiting its turn: it leaves the queue, and a
     request promoted to sender just as it dies passes the turn on."""
-    appender = Appender(redis_client, settings.stream, counters.accepted_hook(settings))
+    appender = Appender(redis_client, settings.stream, counters.accepted_counter(settings))
 
     class Killed(BaseException):
         pass
@@ -70,17 +71,10 @@ def test_a_request_killed_while_queued_does_not_stall_the_others(redis_client, s
             raise Killed
 
     appender._busy = True  # someone else is sending
-    from collector.pipeline import producer as stream_module
-
-    original = stream_module.threading.Event
-    stream_module.threading.Event = DiesWaiting
-    try:
-        try:
+    with monkeypatch.context() as patched:
+        patched.setattr(producer.threading, "Event", DiesWaiting)
+        with pytest.raises(Killed):
             appender.append(entries_for(1, 1))
-        except Killed:
-            pass
-    finally:
-        stream_module.threading.Event = original
     assert appender._queue == []
     appender._busy = False
     assert len(appender.append(entries_for(2, 3))) == 3

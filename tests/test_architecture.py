@@ -114,13 +114,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             elif target in on_stack:
                 low[node] = min(low[node], index[target])
         if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
+            component = [stack.pop()]
+            while component[-1] != node:  # node is on the stack, so this ends
+                component.append(stack.pop())
+            on_stack.difference_update(component)
             if len(component) > 1 or node in graph.get(node, ()):
                 found.append(sorted(component))
 

@@ -1,38 +1,35 @@
-"""The Docker deployment, checked without a Docker engine.
+"""docker-compose.yml, checked without a Docker engine.
 
-docker-compose.yml is validated against the official compose-spec JSON schema
-(vendored by check-jsonschema, so offline) and then against the invariants the
-collector depends on: no eviction in Redis, loopback-only databases, one beat,
-scalable workers, migrations before the apps, healthchecks behind every
-`depends_on`, and the same nginx template as `make run`. The Dockerfile and
-.dockerignore are checked for what the image relies on, and the nginx template
-is run through `nginx -t` when nginx is installed.
+The file is validated against the official compose-spec JSON schema (vendored by
+check-jsonschema, so offline) and then against the invariants the collector
+depends on: no eviction in Redis, loopback-only databases, one beat, scalable
+workers, migrations before the apps, healthchecks behind every `depends_on`.
+The nginx service's template is checked in tests/test_nginx_config.py, the image
+in tests/test_dockerfile.py.
 """
 
 from __future__ import annotations
 
-import configparser
-import fnmatch
-import importlib.util
 import itertools
 import json
 import re
-import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
-from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
-RUN_LOCAL = ROOT / "nginx" / "run_local.py"
+from tests.deployment import (
+    COMPOSE_FILE,
+    DOCKERFILE,
+    SECRETS,
+    MissingVariable,
+    compose_file,
+    compose_services,
+    environment,
+    tokens,
+)
 
 # Services whose command is the given Celery sub-command / the migrations.
 APPS_AFTER_MIGRATIONS = ("api1", "api2", "worker", "beat")
@@ -40,37 +37,6 @@ API_SERVICES = ("api1", "api2")
 
 
 # --- helpers -----------------------------------------------------------------
-
-_INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-
-
-def interpolate(value):
-    """What compose makes of the file with none of its variables set: ${X:-d} -> d, $$ -> $."""
-    if isinstance(value, dict):
-        return {k: interpolate(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v) for v in value]
-    if isinstance(value, str):
-        def sub(m: re.Match) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            return m.group(2) or ""
-        return _INTERPOLATION.sub(sub, value)
-    return value
-
-
-def tokens(command) -> list[str]:
-    if command is None:
-        return []
-    return list(command) if isinstance(command, list) else shlex.split(command)
-
-
-def environment(service: dict) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {k: "" if v is None else str(v) for k, v in env.items()}
-
 
 def depends_on(service: dict) -> dict[str, dict]:
     deps = service.get("depends_on") or {}
@@ -102,21 +68,14 @@ def has_healthcheck(service: dict) -> bool:
     return bool(test) and test[0] != "NONE" and not check.get("disable", False)
 
 
-def load_run_local():
-    spec = importlib.util.spec_from_file_location("nginx_run_local", RUN_LOCAL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def compose_raw() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    return compose_file()
 
 
 @pytest.fixture(scope="module")
-def services(compose_raw: dict) -> dict[str, dict]:
-    return interpolate(compose_raw["services"])
+def services() -> dict[str, dict]:
+    return compose_services()
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +164,30 @@ def test_nginx_is_published_on_18723(services: dict):
     assert ("18723", listen) in [(published, target) for _, published, target in published_ports(nginx)]
 
 
-@pytest.mark.parametrize("name, published, target", [("redis", "16891", "6379"), ("postgres", "15467", "5432")])
-def test_databases_are_published_on_loopback_only(services: dict, name: str, published: str, target: str):
-    assert published_ports(services[name]) == [("127.0.0.1", published, target)]
+@pytest.mark.parametrize("name", ["redis", "postgres"])
+def test_databases_are_not_published_on_the_host(services: dict, name: str):
+    # Only the collector's services need them; `docker compose exec` reaches them for a look.
+    assert published_ports(services[name]) == []
+
+
+def test_only_nginx_and_loopback_flower_are_published(services: dict):
+    published = {name: published_ports(service) for name, service in services.items() if published_ports(service)}
+    assert set(published) == {"nginx", "flower"}
+    assert [host for host, _, _ in published["flower"]] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_refuses_to_start_without_each_secret(secret: str):
+    with pytest.raises(MissingVariable, match=secret):
+        compose_services({k: v for k, v in SECRETS.items() if k != secret})
+
+
+def test_the_secrets_reach_the_services(services: dict):
+    assert "pg-secret" in environment(services["api1"])["DATABASE_URL"]
+    assert environment(services["postgres"])["POSTGRES_PASSWORD"] == "pg-secret"
+    assert environment(services["flower"])["FLOWER_BASIC_AUTH"] == "admin:flower-secret"
+    assert environment(services["api1"])["METRICS_TOKEN"] == "metrics-secret"
+    assert environment(services["api1"])["AUTH_ENABLED"] == "true"
 
 
 def test_api_instances_are_reached_only_through_nginx(services: dict):
@@ -301,19 +281,6 @@ def test_flower_requires_basic_auth(services: dict):
 
 # --- compose: nginx ----------------------------------------------------------------------
 
-def test_nginx_renders_the_template_run_local_uses(services: dict):
-    nginx = services["nginx"]
-    template = load_run_local().TEMPLATE
-    mounts = {}
-    for volume in nginx.get("volumes") or []:
-        source, target = (volume["source"], volume["target"]) if isinstance(volume, dict) else volume.split(":")[:2]
-        mounts[(COMPOSE_FILE.parent / source).resolve()] = target
-    assert mounts.get(template.resolve()) == f"/etc/nginx/templates/{template.name}"
-    # every ${VAR} of the template must be set, or the image leaves it unrendered
-    needed = set(re.findall(r"\$\{([A-Z0-9_]+)\}", template.read_text()))
-    assert needed and needed <= set(environment(nginx))
-
-
 def test_nginx_default_server_is_disabled(services: dict):
     # the image's default.conf would answer requests for Host: localhost
     nginx = services["nginx"]
@@ -321,135 +288,3 @@ def test_nginx_default_server_is_disabled(services: dict):
     tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs
     targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in nginx.get("volumes") or []]
     assert "/etc/nginx/conf.d" in [t.split(":")[0] for t in tmpfs] or "/etc/nginx/conf.d/default.conf" in targets
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-
-
-@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (apt-get install nginx)")
-def test_nginx_accepts_the_rendered_template(services: dict, tmp_path: Path):
-    run_local = load_run_local()
-    env = environment(services["nginx"])
-    # `nginx -t` resolves upstream hosts, and api1/api2 exist only in the compose network
-    for key in ("API1_ADDR", "API2_ADDR"):
-        env[key] = "127.0.0.1:" + env[key].rsplit(":", 1)[1]
-    rendered = run_local.render(run_local.TEMPLATE.read_text(), env)
-    assert "${" not in rendered
-    (tmp_path / "collector.conf").write_text(rendered)
-    (tmp_path / "nginx.conf").write_text(run_local.MAIN.format(state=tmp_path, access_log="off"))
-    result = subprocess.run(
-        [nginx_binary(), "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-        check=False, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-# --- Dockerfile -----------------------------------------------------------------------------
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    instructions, current = [], ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        current += " " + stripped
-        if current.endswith("\\"):
-            current = current[:-1]
-            continue
-        keyword, _, args = current.strip().partition(" ")
-        instructions.append((keyword.upper(), " ".join(args.split())))
-        current = ""
-    return instructions
-
-
-def index_of(instructions, keyword: str, predicate) -> int:
-    return next(i for i, (k, args) in enumerate(instructions) if k == keyword and predicate(args))
-
-
-def test_dockerfile_base_image_and_command():
-    instructions = dockerfile_instructions()
-    assert [args for k, args in instructions if k == "FROM"] == ["python:3.11-slim"]
-    cmd = [args for k, args in instructions if k == "CMD"]
-    assert [json.loads(c) for c in cmd] == [["gunicorn", "-c", "gunicorn.conf.py"]]
-    env = {}
-    for k, args in instructions:
-        if k == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(args))
-    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
-
-
-def test_dockerfile_runs_as_a_non_root_user():
-    instructions = dockerfile_instructions()
-    users = [(i, args) for i, (k, args) in enumerate(instructions) if k == "USER"]
-    assert users, "no USER: the app would run as root"
-    position, user = users[-1]
-    assert user.split(":")[0] not in ("root", "0")
-    assert position > max(i for i, (k, _) in enumerate(instructions) if k == "RUN")
-    assert any(k == "RUN" and "useradd" in args and user.split(":")[0] in args for k, args in instructions)
-
-
-def test_dockerfile_installs_dependencies_before_copying_the_code():
-    instructions = dockerfile_instructions()
-    copy_metadata = index_of(instructions, "COPY", lambda a: "setup.cfg" in a.split() and "." not in a.split()[:-1])
-    install_deps = index_of(instructions, "RUN", lambda a: "pip install" in a and "--no-deps" not in a)
-    copy_code = index_of(instructions, "COPY", lambda a: a.split()[0] == ".")
-    install_project = index_of(instructions, "RUN", lambda a: "pip install --no-deps" in a)
-    assert copy_metadata < install_deps < copy_code < install_project
-    # the image carries no test or dev tools
-    for k, args in instructions:
-        if k == "RUN":
-            assert "[test" not in args and "[dev" not in args and "extras_require" not in args
-
-
-def test_dockerfile_dependency_list_is_install_requires(tmp_path: Path):
-    # Re-run the Dockerfile's own extraction on setup.cfg: a restructured setup.cfg
-    # must not silently yield an empty or wrong requirements file.
-    run = next(args for k, args in dockerfile_instructions() if k == "RUN" and "install_requires" in args)
-    program = re.search(r'python -c "([^"]+)"', run).group(1)
-    shutil.copy(ROOT / "setup.cfg", tmp_path / "setup.cfg")
-    output = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
-                            check=True, timeout=60).stdout
-    names = {Requirement(line).name.lower() for line in output.split("\n") if line.strip()}
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(ROOT / "setup.cfg")
-    expected = {Requirement(line).name.lower()
-                for line in parser["options"]["install_requires"].split("\n") if line.strip()}
-    assert names == expected and {"gunicorn", "gevent", "celery", "flower", "yoyo-migrations"} <= names
-    assert "pytest" not in names
-
-
-# --- .dockerignore ------------------------------------------------------------------------------
-
-def dockerignored(path: str) -> bool:
-    """Approximates Docker's rules: later patterns win, `!` re-includes, a directory covers its files."""
-    ignored = False
-    candidates = [path] + [str(parent) for parent in Path(path).parents if str(parent) != "."]
-    for line in DOCKERIGNORE.read_text().splitlines():
-        pattern = line.strip()
-        if not pattern or pattern.startswith("#"):
-            continue
-        negate = pattern.startswith("!")
-        pattern = pattern.lstrip("!").strip("/")
-        patterns = {pattern, pattern[3:]} if pattern.startswith("**/") else {pattern}
-        if any(fnmatch.fnmatchcase(c, p) for c in candidates for p in patterns):
-            ignored = not negate
-    return ignored
-
-
-@pytest.mark.parametrize("path", [".venv/bin/python", ".git/HEAD", "var/nginx/nginx.conf",
-                                  "collector/__pycache__/app.cpython-311.pyc", "tests/test_api.py", ".env"])
-def test_dockerignore_excludes_local_state(path: str):
-    assert dockerignored(path)
-
-
-def test_dockerignore_keeps_what_the_image_needs():
-    needed = ["setup.cfg", "pyproject.toml", "gunicorn.conf.py", "collector/web/app.py", "collector/migrate.py",
-              "tasks/celery_app.py", "migrations/0001.create-logs.sql", "README.md"]
-    for k, args in dockerfile_instructions():
-        if k == "COPY":
-            sources = [s for s in args.split()[:-1] if not s.startswith("--") and s != "."]
-            needed += sources
-            assert all((ROOT / s).exists() for s in sources), sources
-    assert [path for path in needed if dockerignored(path)] == []

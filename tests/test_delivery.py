@@ -3,11 +3,10 @@ letters and replay, back-pressure, trimming, and the accounting that ties them."
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import time
-
-import pytest
 
 from collector.pipeline import codec as stream
 from collector.pipeline import counters, group, producer, trim
@@ -24,22 +23,42 @@ def good_fields(i: int, **changes) -> dict:
     return fields
 
 
+# More drain runs than any test here needs to empty its stream: a bound, so a drain that
+# never finishes fails the test instead of hanging it.
+MAX_RUNS = 1_000
+
+
 def drain_all(redis_client, db, settings, consumer="c1"):
+    """Drain runs until one reads less than a full batch; the results of each."""
     results = []
-    while True:
+    for _ in range(MAX_RUNS):
         result = drain_batch(redis_client, db, settings, consumer)
         results.append(result)
         if not result.full:
             return results
+    raise AssertionError(f"the stream was still giving full batches after {MAX_RUNS} drain runs")
+
+
+def drain_until_nothing_read(redis_client, db, settings, consumer="c1"):
+    """Drain runs until one reads nothing (own pending entries come back one at a time)."""
+    for _ in range(MAX_RUNS):
+        if not drain_batch(redis_client, db, settings, consumer).read:
+            return
+    raise AssertionError(f"drain runs still read entries after {MAX_RUNS} runs")
+
+
+@contextlib.contextmanager
+def check_constraint(db, name: str, condition: str):
+    """A CHECK constraint on logs for the duration of the block: a "bug" on the database side."""
+    db.execute(f"ALTER TABLE logs ADD CONSTRAINT {name} CHECK ({condition})")
+    try:
+        yield
+    finally:
+        db.execute(f"ALTER TABLE logs DROP CONSTRAINT {name}")
 
 
 def dead_letters(db) -> dict:
     return {row[0]: row[1] for row in db.execute("SELECT stream_id, reason FROM dead_letters")}
-
-
-@pytest.fixture(autouse=True)
-def empty_dead_letters(db):
-    db.execute("TRUNCATE dead_letters")
 
 
 def test_poison_is_isolated_and_dead_lettered_with_the_reason(redis_client, settings, db):
@@ -69,11 +88,13 @@ def test_poison_is_isolated_and_dead_lettered_with_the_reason(redis_client, sett
 
 
 def test_entries_of_a_dead_consumer_are_reclaimed(redis_client, settings, db):
-    settings = dataclasses.replace(settings, claim_idle_seconds=1.0)
     enqueue(redis_client, settings, 10)
     read_batch(redis_client, settings, "worker-that-dies")  # delivered, never acknowledged
-    assert drain_batch(redis_client, db, settings, "live").read == 0  # not idle long enough yet
-    time.sleep(1.1)
+    # Not idle long enough yet: an hour, which no test run can reach by being slow.
+    patient = dataclasses.replace(settings, claim_idle_seconds=3600.0)
+    assert drain_batch(redis_client, db, patient, "live").read == 0
+    settings = dataclasses.replace(settings, claim_idle_seconds=1.0)
+    time.sleep(1.1)  # idle at least this long now, however busy the machine
     result = drain_batch(redis_client, db, settings, "live")
     assert (result.source, result.inserted) == ("reclaimed", 10)
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
@@ -96,8 +117,8 @@ def test_a_crash_looping_batch_is_taken_apart_so_only_the_culprit_is_dead_letter
         read_batch(redis_client, settings, "c1")
     # Now entries go one at a time; the first one kills the worker twice more.
     for _ in range(2):
-        entries, source = read_batch(redis_client, settings, "c1")
-        assert source == "own-pending" and [e[0].decode() for e in entries] == [ids[0]]
+        batch = read_batch(redis_client, settings, "c1")
+        assert batch.source == "own-pending" and [e[0].decode() for e in batch.entries] == [ids[0]]
     results = [drain_batch(redis_client, db, settings, "c1") for _ in range(6)]
     assert [(r.read, r.inserted, r.dead_lettered) for r in results[:5]] == [(1, 0, 1)] + [(1, 1, 0)] * 4
     assert set(dead_letters(db)) == {ids[0]}
@@ -107,12 +128,12 @@ def test_a_crash_looping_batch_is_taken_apart_so_only_the_culprit_is_dead_letter
 def test_an_overdue_entry_that_was_already_stored_is_acknowledged_not_dead_lettered(redis_client, settings, db):
     settings = dataclasses.replace(settings, max_deliveries=2)
     enqueue(redis_client, settings, 3)
-    entries, _ = read_batch(redis_client, settings, "c1")
-    storage.insert_logs(db, [stream.decode_entry(i, f) for i, f in entries], writer="c1")  # then XACK failed
+    batch = read_batch(redis_client, settings, "c1")
+    rows = [stream.decode_entry(batch.stream, i, f) for i, f in batch.entries]
+    storage.insert_logs(db, rows, writer="c1")  # then XACK failed
     for _ in range(3):
         read_batch(redis_client, settings, "c1")
-    while drain_batch(redis_client, db, settings, "c1").read:
-        pass
+    drain_until_nothing_read(redis_client, db, settings, "c1")
     assert dead_letters(db) == {}
     assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 3
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
@@ -120,8 +141,7 @@ def test_an_overdue_entry_that_was_already_stored_is_acknowledged_not_dead_lette
 
 def test_replay_after_a_fix_stores_the_logs_and_the_books_balance(client, redis_client, settings, db):
     # A "bug" on the database side rejects some logs for a while.
-    db.execute("ALTER TABLE logs ADD CONSTRAINT no_secrets CHECK (message NOT LIKE '%secret%')")
-    try:
+    with check_constraint(db, "no_secrets", "message NOT LIKE '%secret%'"):
         logs = [{"device_id": "d", "log_level": "INFO", "message": "secret" if i % 10 == 0 else f"ok {i}"}
                 for i in range(50)]
         assert client.post("/api/logs/batch", json={"logs": logs}).status_code == 200
@@ -131,15 +151,11 @@ def test_replay_after_a_fix_stores_the_logs_and_the_books_balance(client, redis_
         listed = client.get("/api/dead-letters?limit=2").get_json()
         assert listed["total"] == 5 and len(listed["data"]) == 2
         assert "no_secrets" in listed["data"][0]["reason"]
-    finally:
-        db.execute("ALTER TABLE logs DROP CONSTRAINT no_secrets")  # the fix
+    # (leaving the block is the fix)
 
     # A replay while the bug is still there changes nothing but the reason.
-    db.execute("ALTER TABLE logs ADD CONSTRAINT no_secrets_yet CHECK (message NOT LIKE '%secret%')")
-    try:
+    with check_constraint(db, "no_secrets_yet", "message NOT LIKE '%secret%'"):
         assert replay(db, redis_client, settings, ids=None) == ReplayResult(stored=0, still_failing=5)
-    finally:
-        db.execute("ALTER TABLE logs DROP CONSTRAINT no_secrets_yet")
     assert all(reason.startswith("replay: rejected") for reason in dead_letters(db).values())
 
     assert replay(db, redis_client, settings, ids=None) == ReplayResult(stored=5, still_failing=0)
@@ -186,10 +202,15 @@ def test_trim_keeps_up_with_large_acknowledged_backlogs(redis_client, settings, 
     entries = [stream.encode_entry({"device_id": "d", "log_level": "INFO", "message": "m", "log_data": None,
                                     "timestamp": None}, dt.datetime.now(dt.UTC))] * 1000
     for _ in range(30):
-        producer.append(redis_client, settings.stream, entries, counters.accepted_hook(settings))
+        producer.append(redis_client, settings.stream, entries, counters.accepted_counter(settings))
     group.ensure_group(redis_client, settings.stream, settings.consumer_group)
     # Deliver and acknowledge everything without storing (this test is about Redis memory only).
-    while batch := redis_client.xreadgroup(settings.consumer_group, "c", {settings.stream: ">"}, count=5000):
+    for _ in range(MAX_RUNS):
+        batch = redis_client.xreadgroup(settings.consumer_group, "c", {settings.stream: ">"}, count=5000)
+        if not batch:
+            break
         redis_client.xack(settings.stream, settings.consumer_group, *[i for i, _ in batch[0][1]])
+    else:
+        raise AssertionError(f"the stream still had undelivered entries after {MAX_RUNS} reads")
     assert trim.trim_acknowledged(redis_client, settings.stream) > 25_000
     assert redis_client.xlen(settings.stream) < 1_000

@@ -18,7 +18,7 @@ def enqueue(redis_client, settings, n: int, device: str = "dev-1") -> list[str]:
     now = dt.datetime.now(dt.UTC)
     entries = [stream.encode_entry(SCHEMA.load({"device_id": device, "log_level": "INFO", "message": f"m{i}"}), now)
                for i in range(n)]
-    return producer.append(redis_client, settings.stream, entries, counters.accepted_hook(settings))
+    return producer.append(redis_client, settings.stream, entries, counters.accepted_counter(settings))
 
 
 def count(db) -> int:
@@ -39,8 +39,8 @@ def test_batches_are_capped_and_everything_is_stored_once(redis_client, settings
 def test_crash_between_commit_and_ack_stores_nothing_twice(redis_client, settings, db):
     enqueue(redis_client, settings, 30)
     # A worker reads and commits, then dies before XACK: the entries stay pending.
-    entries, _ = read_batch(redis_client, settings, "c1")
-    storage.insert_logs(db, [stream.decode_entry(i, f) for i, f in entries], writer="c1")
+    batch = read_batch(redis_client, settings, "c1")
+    storage.insert_logs(db, [stream.decode_entry(batch.stream, i, f) for i, f in batch.entries], writer="c1")
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 30
 
     # The restarted worker (same consumer name) reads its pending entries first.

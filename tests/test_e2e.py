@@ -11,8 +11,8 @@ import psycopg
 import pytest
 import requests
 
-from tests.processes import BIN, ROOT, wait_until
-from tests.stack import Stack, nginx_binary
+from collector.devtools.processes import ROOT, nginx_binary, wait_until
+from tests.stack import BIN, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,11 +23,10 @@ SINGLES = 500
 
 
 @pytest.fixture(scope="module")
-def stack(base_settings, tmp_path_factory):
+def stack(base_settings, empty_tables, tmp_path_factory):
     if nginx_binary() is None:
         pytest.fail("nginx is required for the end-to-end tests: apt-get install -y nginx")
-    with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE logs, log_counts RESTART IDENTITY")
+    empty_tables()
     stack = Stack({"REDIS_URL": base_settings.redis_url, "DATABASE_URL": base_settings.database_url,
                    "KEY_PREFIX": base_settings.key_prefix + "e2e:", "DRAIN_INTERVAL": "0.5"},
                   tmp_path_factory.mktemp("stack"))
@@ -149,9 +148,11 @@ def test_metrics_move_when_logs_are_posted_and_persisted(stack):
     wait_until(lambda: persisted() >= before_persisted + 160, 60, "the worker's persisted counter")
 
 
-def test_headless_locust_fleet_meets_its_thresholds_and_every_log_is_stored(stack, tmp_path):
-    """The simulated fleet, small and short: no failures, and what it was told was
-    accepted is all in PostgreSQL. Thresholds are Locust's own exit code, not timings here."""
+def test_headless_locust_fleet_has_no_failures_and_every_log_is_stored(stack, tmp_path):
+    """The simulated fleet, small and short: no request failed, and what it was told was
+    accepted is all in PostgreSQL. Correctness only: `--max-p95-ms 0` switches the
+    fleet's latency threshold off (its default would make this test measure the
+    machine's speed); `--max-fail-ratio 0` fails the run on any failed request."""
     url, database = stack["url"], stack["db"]
     accepted_file = tmp_path / "accepted"
     run = subprocess.run(

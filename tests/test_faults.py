@@ -13,10 +13,12 @@ import sys
 
 import psycopg
 import pytest
+import redis
 import requests
 
+from collector.core.settings import load_settings
+from collector.devtools.processes import wait_until
 from tests.load import Load
-from tests.processes import wait_until
 from tests.stack import Stack, ThrowawayPostgres, ThrowawayRedis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -55,10 +57,24 @@ def assert_exactly_once(loads: Load | list[Load], database_url: str, api_url: st
 
 
 @pytest.fixture
-def fresh_db(base_settings):
-    with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE logs, log_counts, dead_letters RESTART IDENTITY")
+def fresh_db(base_settings, empty_tables):
+    """The test database's URL, every table of it empty."""
+    empty_tables()
     return base_settings.database_url
+
+
+@pytest.fixture
+def start_load():
+    """Load(...).start(), stopped at the end of the test even when it fails half-way."""
+    loads: list[Load] = []
+
+    def start(*args, **kwargs) -> Load:
+        loads.append(Load(*args, **kwargs).start())
+        return loads[-1]
+
+    yield start
+    for load in loads:
+        load.stop()
 
 
 @pytest.fixture
@@ -80,113 +96,153 @@ def make_stack(base_settings, tmp_path, request):
             sys.stderr.write(f"--- worker (tail) ---\n{stack.tail('worker')}\n")
 
 
-def test_kill_9_every_worker_process_mid_load_then_restart(make_stack, fresh_db):
+# Ask for these before make_stack, so the stack is stopped before its server goes away.
+@pytest.fixture
+def throwaway_postgres():
+    pg = ThrowawayPostgres()
+    yield pg
+    pg.remove()
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path_factory):
+    server = ThrowawayRedis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def test_kill_9_every_worker_process_mid_load_then_restart(make_stack, fresh_db, start_load):
     stack = make_stack()
     api = stack.start_api(0)
     stack.start_worker()
     stack.start_beat()
-    load = Load(api, target=20_000, tag="kill9").start()
+    load = start_load(api, target=10_000, tag="kill9")
     wait_until(lambda: count(fresh_db) >= 2_000, 120, "the worker to be busy storing")
     stack.kill("worker", signal.SIGKILL)  # main process and every pool child, mid-batch
+    # The second half of the 20,000 logs is accepted after the kill, so whatever the
+    # machine's speed, the restarted worker finds a backlog (and any batch the dead
+    # worker left pending) to store.
+    after = start_load(api, target=10_000, tag="kill9-after")
     load.wait()
+    after.wait()
     assert count(fresh_db) < 20_000  # the kill really interrupted the drain
     stack.start_worker()
-    assert_exactly_once(load, fresh_db, api)
+    assert_exactly_once([load, after], fresh_db, api)
 
 
-def test_sigterm_lets_the_worker_finish_its_batch(make_stack, fresh_db):
+def test_sigterm_lets_the_worker_finish_its_batch(make_stack, fresh_db, start_load):
     stack = make_stack()
     api = stack.start_api(0)
     stack.start_worker()
     stack.start_beat()
-    load = Load(api, target=8_000, tag="term").start()
+    load = start_load(api, target=8_000, tag="term")
     wait_until(lambda: count(fresh_db) >= 1_000, 120, "the worker to be busy storing")
     stack.kill("worker", signal.SIGTERM)
-    assert stack.procs["worker"].popen.returncode == 0  # a warm shutdown, not a crash
+    assert stack.procs["worker"].returncode == 0  # a warm shutdown, not a crash
     load.wait()
     stack.start_worker()
     assert_exactly_once(load, fresh_db, api)
 
 
-def test_postgres_stops_and_returns_under_load(make_stack):
-    pg = ThrowawayPostgres()
+def test_postgres_stops_and_returns_under_load(throwaway_postgres, make_stack, start_load):
+    pg = throwaway_postgres
     pg.start()
     pg.migrate()
     stack = make_stack(DATABASE_URL=pg.url, DB_TIMEOUT="1")
     api = stack.start_api(0)
     stack.start_worker()
     stack.start_beat()
-    try:
-        before = Load(api, target=20_000, tag="pg-before").start()
-        wait_until(lambda: pg.count() >= 1_000, 120, "logs stored before the outage")
-        pg.stop()  # mid-load: batches are being inserted as it goes
-        before.wait()
-        health = requests.get(f"{api}/health", timeout=10)
-        assert health.status_code == 503 and health.json()["checks"] == {"redis": True, "postgres": False}
-        # Ingest keeps accepting while PostgreSQL is down: Redis buffers.
-        during = Load(api, target=5_000, tag="pg-during").start()
-        during.wait()
-        assert during.refused == {}
-        pg.start()
-        assert_exactly_once([before, during], pg.url, api)
-        assert requests.get(f"{api}/health", timeout=10).status_code == 200
-    finally:
-        stack.stop()
-        pg.remove()
+    before = start_load(api, target=20_000, tag="pg-before")
+    wait_until(lambda: pg.count() >= 1_000, 120, "logs stored before the outage")
+    pg.stop()  # mid-load: batches are being inserted as it goes
+    before.wait()
+    health = requests.get(f"{api}/health", timeout=10)
+    assert health.status_code == 503 and health.json()["checks"] == {"redis": True, "postgres": False}
+    # Ingest keeps accepting while PostgreSQL is down: Redis buffers.
+    during = start_load(api, target=5_000, tag="pg-during")
+    during.wait()
+    assert during.refused == {}
+    pg.start()
+    assert_exactly_once([before, during], pg.url, api)
+    assert requests.get(f"{api}/health", timeout=10).status_code == 200
 
 
-def test_redis_stops_and_returns_under_load(make_stack, fresh_db, tmp_path_factory):
-    redis_server = ThrowawayRedis(tmp_path_factory.mktemp("redis"))
+def test_redis_stops_and_returns_under_load(throwaway_redis, make_stack, fresh_db, start_load):
+    redis_server = throwaway_redis
     redis_server.start()
     stack = make_stack(REDIS_URL=redis_server.url)
     api = stack.start_api(0)
     stack.start_worker()
     stack.start_beat()
-    try:
-        load = Load(api, target=20_000, tag="redisdown").start()
-        wait_until(lambda: len(load.accepted) >= 2_000, 120, "load under way")
-        redis_server.stop()  # mid-load
-        response = requests.post(f"{api}/api/log", json={"device_id": "d", "log_level": "INFO", "message": "m"},
-                                 timeout=10)
-        assert response.status_code == 503 and response.headers["Retry-After"]
-        assert requests.get(f"{api}/health", timeout=10).json()["checks"]["redis"] is False
-        wait_until(lambda: load.refused.get(503, 0) >= 10, 30, "devices to see 503s")
-        redis_server.start()
-        load.wait()  # ingest resumes without restarting anything
-        assert_exactly_once(load, fresh_db, api)
-    finally:
-        stack.stop()
-        redis_server.stop()
-
-
-def test_backlog_past_high_water_gets_503_then_reopens(make_stack, fresh_db):
-    stack = make_stack(BACKLOG_HIGH_WATER="2000", BACKLOG_LOW_WATER="500", BACKPRESSURE_CHECK_INTERVAL="0.05")
-    api = stack.start_api(0)
-    load = Load(api, target=6_000, tag="pressure").start()  # no worker yet: the backlog only grows
-    wait_until(lambda: load.refused.get(503, 0) > 0, 60, "ingest to refuse past the high-water mark")
-    assert "overloaded" in load.retry_after_seen
-    # Each API worker re-reads the backlog every 50 ms here, so it may overshoot by that much.
-    assert len(load.accepted) < 3_000
-    stack.start_worker()
-    stack.start_beat()
-    load.wait()
+    load = start_load(api, target=20_000, tag="redisdown")
+    wait_until(lambda: len(load.accepted) >= 2_000, 120, "load under way")
+    redis_server.stop()  # mid-load
+    response = requests.post(f"{api}/api/log", json={"device_id": "d", "log_level": "INFO", "message": "m"},
+                             timeout=10)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert requests.get(f"{api}/health", timeout=10).json()["checks"]["redis"] is False
+    wait_until(lambda: load.refused.get(503, 0) >= 10, 30, "devices to see 503s")
+    redis_server.start()
+    load.wait()  # ingest resumes without restarting anything
     assert_exactly_once(load, fresh_db, api)
 
 
-def test_sigterm_to_an_api_instance_behind_nginx_loses_no_request(make_stack, fresh_db):
+def stream_length(stack: Stack) -> int:
+    settings = load_settings(stack.env)
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return client.xlen(settings.stream)
+    finally:
+        client.close()
+
+
+def test_backlog_past_high_water_gets_503_then_reopens(make_stack, fresh_db, start_load):
+    """Ingest closes at the high-water mark, stays closed while nothing drains, and
+    reopens once the worker has brought the backlog below the low-water mark; every
+    accepted log is stored once. How many logs get in before the gate closes (each API
+    worker re-reads the backlog every BACKPRESSURE_CHECK_INTERVAL) depends on the
+    machine's speed, so it is not asserted; that none gets in once it is closed is."""
+    high_water = 2_000
+    stack = make_stack(BACKLOG_HIGH_WATER=str(high_water), BACKLOG_LOW_WATER="500",
+                       BACKPRESSURE_CHECK_INTERVAL="0.05")
+    api = stack.start_api(0)
+    load = start_load(api, target=6_000, tag="pressure")  # no worker yet: the backlog only grows
+    wait_until(lambda: load.refused.get(503, 0) > 0, 60, "ingest to refuse past the high-water mark")
+    assert "overloaded" in load.retry_after_seen
+    # Once every device has been refused, none has a request in flight from before the
+    # gate closed, and the gate stays closed (nothing drains): the accepted logs are final.
+    wait_until(lambda: len(load.threads_refused_with.get("overloaded", ())) == load.n_threads, 60,
+               "every device to be refused")
+    closed_at = len(load.accepted)
+    assert closed_at >= high_water  # it did not close early
+    assert stream_length(stack) == closed_at  # nothing refused was queued
+    refusals = load.refused[503]
+    wait_until(lambda: load.refused[503] >= refusals + 5 * load.n_threads, 60, "more refusals")
+    assert len(load.accepted) == closed_at  # still closed
+    assert set(load.refused) == {503} and load.refused_without_retry_after == {}
+    stack.start_worker()
+    stack.start_beat()
+    load.wait()  # reopened: the rest of the 6,000 got in once the worker drained the backlog
+    assert len(load.accepted) >= 6_000
+    assert_exactly_once(load, fresh_db, api)
+
+
+def test_sigterm_to_an_api_instance_behind_nginx_loses_no_request(make_stack, fresh_db, start_load):
     """Gunicorn's graceful shutdown finishes in-flight requests and nginx sends new
     ones to the other instance. A request that races the close of an idle
     keep-alive connection gets nginx's JSON 502 with Retry-After without having
     been processed (nginx does not resend a POST it has sent), so the device's
-    retry stores it once: nothing is lost or duplicated either way."""
+    retry stores it once: nothing is lost or duplicated either way. How many such
+    races there are depends on timing, so their number is not asserted."""
     stack = make_stack()
     url = stack.start_all()
-    load = Load(url, target=8_000, tag="apiterm").start()
+    load = start_load(url, target=8_000, tag="apiterm")
     wait_until(lambda: len(load.accepted) >= 1_000, 60, "load under way")
     stack.kill("api1", signal.SIGTERM)
-    assert stack.procs["api1"].popen.returncode == 0  # a graceful exit
+    assert stack.procs["api1"].returncode == 0  # a graceful exit
     load.wait()
     assert set(load.refused) <= {502}, f"devices saw errors during the restart: {load.refused}"
-    assert load.refused.get(502, 0) <= 5
+    assert set(load.threads_refused_with) <= {"bad_gateway"}, load.threads_refused_with
+    assert load.refused_without_retry_after == {}  # every 502 told the device to retry
     stack.start_api(0, port=stack.api_ports[0])
     assert_exactly_once(load, fresh_db, url)

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import psycopg
+import pytest
+from celery import current_app
 from psycopg import sql
 
-from collector.core.settings import settings_table
-from collector.store.migrations import migrate
+from collector.core.settings import load_settings, settings_table
+from collector.devtools.processes import ROOT
+from collector.store.migrations import MIGRATIONS, migrate
+from tasks.celery_app import make_celery
 from tests.conftest import ADMIN_DATABASE_URL, database_url
-from tests.processes import ROOT
+
+
+def migration_ids() -> list[str]:
+    """The migrations in migrations/, in the order yoyo applies them (by file name)."""
+    return sorted(path.name.removesuffix(".sql") for path in MIGRATIONS.glob("*.sql")
+                  if not path.name.endswith(".rollback.sql"))
 
 
 def test_migrations_apply_on_an_empty_database_and_again_as_no_ops(run_id):
     name = f"collector_migrate_{run_id}"
     url = database_url(name)
+    expected = migration_ids()
+    assert expected, f"no migrations found in {MIGRATIONS}"
     try:
-        assert migrate(url) == ["0001.create-logs", "0002.dead-letters"]
+        assert migrate(url) == expected
         assert migrate(url) == []
         with psycopg.connect(url) as conn:
             columns = {r[0] for r in conn.execute(
@@ -30,18 +39,37 @@ def test_migrations_apply_on_an_empty_database_and_again_as_no_ops(run_id):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_every_beat_entry_names_a_registered_task_and_expires_before_its_next_run():
-    code = (
-        "from tasks.celery_app import app; app.loader.import_default_modules(); "
-        "import json; print(json.dumps({k: [v['task'], v['task'] in app.tasks, v['schedule'], "
-        "v['options']['expires']] for k, v in app.conf.beat_schedule.items()}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    entries = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+def test_the_table_cleanup_covers_every_table_the_migrations_create(empty_tables):
+    created = {name.lower() for path in MIGRATIONS.glob("*.sql") if not path.name.endswith(".rollback.sql")
+               for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", path.read_text(), re.I)}
+    emptied = {name.rsplit(".", 1)[1] for name in empty_tables()}
+    assert created and created <= emptied
+    assert not [name for name in emptied if "yoyo" in name]  # yoyo's bookkeeping is kept
+
+
+@pytest.fixture
+def build_celery():
+    """make_celery, with the process's current Celery app restored afterwards (a new app
+    makes itself the current one)."""
+    previous = current_app._get_current_object()
+    yield make_celery
+    previous.set_current()
+
+
+@pytest.mark.parametrize("drain_interval, trim_interval", [(0.3, 2.0), (5.0, 45.0)])
+def test_every_beat_entry_names_a_registered_task_and_expires_before_its_next_run(build_celery, drain_interval,
+                                                                                   trim_interval):
+    app = build_celery(load_settings({}, drain_interval=drain_interval, trim_interval=trim_interval))
+    app.loader.import_default_modules()
+    entries = app.conf.beat_schedule
     assert entries, "no beat schedule"
-    for name, (task, registered, every, expires) in entries.items():
-        assert registered, f"beat entry {name} names unknown task {task}"
-        assert expires < every, f"beat entry {name} could pile up"
+    for name, entry in entries.items():
+        assert entry["task"] in app.tasks, f"beat entry {name} names unknown task {entry['task']}"
+        assert entry["options"]["expires"] < entry["schedule"], f"beat entry {name} could pile up"
+    # The schedule is the one these settings ask for (not one frozen when tasks/ was imported).
+    every = {entry["task"]: entry["schedule"] for entry in entries.values()}
+    assert every["tasks.drain.drain_stream"] == drain_interval
+    assert every["tasks.drain.trim_stream"] == trim_interval
 
 
 def test_readme_settings_table_matches_the_settings_module():

@@ -6,8 +6,7 @@ import dataclasses
 
 import pytest
 
-from collector.web.app import create_app
-from tests.processes import free_port, wait_until
+from collector.devtools.processes import free_port, wait_until
 from tests.stack import ThrowawayRedis
 
 pytestmark = pytest.mark.slow
@@ -23,11 +22,11 @@ def own_redis(tmp_path):
     server.stop()
 
 
-def test_redis_down_means_503_with_retry_after_and_recovery_without_restart(own_redis, base_settings, db):
+def test_redis_down_means_503_with_retry_after_and_recovery_without_restart(own_redis, base_settings, db,
+                                                                                make_app):
     server = own_redis
     settings = dataclasses.replace(base_settings, redis_url=server.url)
-    app = create_app(settings)
-    client = app.test_client()
+    client = make_app(settings).test_client()
     wait_until(lambda: client.post("/api/log", json=LOG).status_code == 200, 10, "ingest with Redis up")
 
     server.stop()
@@ -42,25 +41,18 @@ def test_redis_down_means_503_with_retry_after_and_recovery_without_restart(own_
     assert "redis" in health.get_json()["errors"]
 
     server.start()
-    try:
-        wait_until(lambda: client.post("/api/log", json=LOG).status_code == 200, 10, "ingest after Redis returns")
-        assert client.get("/health").status_code == 200
-    finally:
-        app.extensions["collector"].db.close()
+    wait_until(lambda: client.post("/api/log", json=LOG).status_code == 200, 10, "ingest after Redis returns")
+    assert client.get("/health").status_code == 200
 
 
-def test_database_down_does_not_stop_ingest(base_settings, settings, db):
+def test_database_down_does_not_stop_ingest(base_settings, settings, db, make_app):
     broken = dataclasses.replace(settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/none",
                                  db_timeout=0.5)
-    app = create_app(broken)
-    client = app.test_client()
-    try:
-        assert client.post("/api/log", json=LOG).status_code == 200
-        health = client.get("/health")
-        assert health.status_code == 503
-        assert health.get_json()["checks"] == {"redis": True, "postgres": False}
-        query = client.get("/api/logs/dev-1")
-        assert query.status_code == 503 and query.headers["Retry-After"]
-        assert query.get_json()["error"] == "database_unavailable"
-    finally:
-        app.extensions["collector"].db.close()
+    client = make_app(broken).test_client()
+    assert client.post("/api/log", json=LOG).status_code == 200
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["checks"] == {"redis": True, "postgres": False}
+    query = client.get("/api/logs/dev-1")
+    assert query.status_code == 503 and query.headers["Retry-After"]
+    assert query.get_json()["error"] == "database_unavailable"

@@ -10,6 +10,7 @@ from collector.pipeline.codec import MalformedEntry, decode_entry, encode_entry
 from collector.web.schemas import log_schema
 
 RECEIVED = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+STREAM = "logs:stream#0a1b2c3d"  # an entry's stream identity (collector.pipeline.group.stream_identity)
 
 
 def as_redis_returns(fields: dict) -> dict:
@@ -21,19 +22,19 @@ def test_round_trip_with_all_fields():
         "device_id": "d-1", "log_level": "ERROR", "message": "disk full ✓",
         "log_data": {"free": 0, "mount": "/data"}, "timestamp": "2026-01-01T00:00:00Z",
     })
-    row = decode_entry(b"1-0", as_redis_returns(encode_entry(log, RECEIVED)))
-    assert row == ("1-0", "d-1", "ERROR", "disk full ✓", '{"free":0,"mount":"/data"}',
-                   "2026-01-01T00:00:00+00:00", RECEIVED.isoformat())
+    row = decode_entry(STREAM, b"1-0", as_redis_returns(encode_entry(log, RECEIVED)))
+    assert row == (STREAM, "1-0", "d-1", "ERROR", "disk full ✓", '{"free":0,"mount":"/data"}',
+                   "2026-01-01T00:00:00+00:00", RECEIVED.isoformat(), None, None)
 
 
 def test_missing_timestamp_uses_receive_time_and_no_log_data_is_null():
     log = log_schema(100, 1000).load({"device_id": "d", "log_level": "INFO", "message": "m"})
     fields = encode_entry(log, RECEIVED)
     assert b"j" not in fields
-    row = decode_entry(b"2-0", as_redis_returns(fields))
-    assert row[4] is None and row[5] == row[6] == RECEIVED.isoformat()
+    row = decode_entry(STREAM, b"2-0", as_redis_returns(fields))
+    assert row[5] is None and row[6] == row[7] == RECEIVED.isoformat()
 
 
 def test_foreign_entry_is_reported_not_crashing():
     with pytest.raises(MalformedEntry):
-        decode_entry(b"3-0", {b"unexpected": b"x"})
+        decode_entry(STREAM, b"3-0", {b"unexpected": b"x"})
