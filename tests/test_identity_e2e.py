@@ -16,7 +16,7 @@ import redis
 import requests
 
 from collector.devtools.processes import ROOT, Process, free_port, nginx_binary, wait_until
-from tests.stack import Stack
+from tests.stack import BIN, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -263,3 +263,41 @@ def test_https_mode_serves_tls_and_refuses_plain_http(make_stack, fresh_db, tmp_
         assert plain.status_code == 400 and plain.json()["error"] == "https_required"
     finally:
         nginx.stop()
+
+
+def test_locust_fleet_with_keys_on_stores_every_log_once_while_redis_stalls(make_stack, fresh_db, base_settings,
+                                                                           tmp_path):
+    """The headless fleet as shipped (Idempotency-Key, retries, seq/boot_id) against a
+    stack with keys and limits on, while Redis stalls past REDIS_TIMEOUT twice: no
+    request fails for good, and every log it was told was accepted is stored once."""
+    if nginx_binary() is None:
+        pytest.fail("nginx is required: apt-get install -y nginx")
+    stack = make_stack(AUTH_ENABLED="true")
+    stack.start_all()
+    fleet_key = keys_cli(base_settings, stack.env["KEY_PREFIX"], "create", "--prefix", "fleet")
+    reader_key = keys_cli(base_settings, stack.env["KEY_PREFIX"], "create", "--role", "reader")
+    accepted_file = tmp_path / "accepted"
+    locust = subprocess.Popen(
+        [str(BIN / "locust"), "-f", "locustfiles/devices.py", "--headless", "-u", "20", "-r", "20", "-t", "8s",
+         "--stop-timeout", "20",
+         "--host", f"http://127.0.0.1:{stack.front_port}", "--rate", "10", "--batch-ratio", "0.5",
+         "--device-prefix", "fleet", "--api-key", fleet_key, "--reader-key", reader_key, "--read-ratio", "0.1",
+         "--max-fail-ratio", "0", "--max-p95-ms", "0",
+         "--accepted-file", str(accepted_file), "--only-summary"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    busy = redis.Redis.from_url(base_settings.redis_url)
+    for pause in (2.0, 1.5):
+        time.sleep(pause)
+        busy.eval(BUSY_SCRIPT, 0, 1_500_000)
+    out, err = locust.communicate(timeout=120)
+    assert locust.returncode == 0, err[-3000:]
+    accepted = int(accepted_file.read_text())
+
+    def rows():
+        with psycopg.connect(fresh_db) as conn:
+            return conn.execute("SELECT count(*), count(DISTINCT (device_id, boot_id, seq)) FROM logs "
+                                "WHERE device_id LIKE 'fleet-%'").fetchone()
+
+    wait_until(lambda: rows()[0] >= accepted > 0, 120, f"{accepted} fleet logs in PostgreSQL", interval=0.5)
+    time.sleep(2)  # a late duplicate would land now
+    assert rows() == (accepted, accepted)

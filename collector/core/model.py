@@ -14,7 +14,7 @@ DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
 MAX_SEQ = 2**63 - 1
 MAX_BOOT_ID_CHARS = 64
 
-# The `logs` row a stream entry becomes, in the column order of store.logs.INSERT_PLAIN:
+# The `logs` row a stream entry becomes, in the column order of store.logs.INSERT_LOG:
 # (stream, stream_id, device_id, log_level, message, log_data JSON text or None, created_at,
 #  received_at, boot_id or None, seq or None).
 # (stream, stream_id) is the entry's identity in the pipeline (pipeline.group.stream_identity);

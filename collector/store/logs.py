@@ -15,33 +15,16 @@ import psycopg
 from psycopg.rows import dict_row
 
 from collector.core.model import LEVELS, Row
+from collector.store import sequences
 
-# One statement per row; rows without a seq take the plain INSERT. A numbered row first claims its
-# (device_id, boot_id, seq) by setting the seq's bit in log_sequence_blocks; the log is
-# inserted only if the claim was new, so a copy that reached us any other way (an
-# HTTP retry, a resend after a reboot, a replay) is skipped as a duplicate, as is a
-# redelivered stream entry (ON CONFLICT on its stream identity).
-INSERT_PLAIN = """
+# A redelivered stream entry is skipped by ON CONFLICT on its stream identity. A
+# numbered row is inserted only if its (device_id, boot_id, seq) was claimed now
+# (sequences.claim), so a copy that reached us any other way (an HTTP retry, a
+# resend after a reboot, a replay) is skipped as a duplicate too.
+INSERT_LOG = """
     INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at,
                       boot_id, seq)
     VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz, %s, %s)
-    ON CONFLICT (stream, stream_id) DO NOTHING
-    RETURNING log_level
-"""
-
-INSERT_NUMBERED = """
-    WITH v (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at, boot_id, seq) AS (
-        VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz, %s::varchar, %s::bigint)
-    ), claim AS (
-        INSERT INTO log_sequence_blocks AS b (device_id, boot_id, block, bits)
-        SELECT device_id, boot_id, seq >> 10, B'1'::bit(1024) >> (seq & 1023)::int FROM v WHERE seq IS NOT NULL
-        ON CONFLICT (device_id, boot_id, block) DO UPDATE SET bits = b.bits | EXCLUDED.bits
-            WHERE (b.bits & EXCLUDED.bits) = B'0'::bit(1024)
-        RETURNING 1
-    )
-    INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at,
-                      boot_id, seq)
-    SELECT * FROM v WHERE v.seq IS NULL OR EXISTS (SELECT 1 FROM claim)
     ON CONFLICT (stream, stream_id) DO NOTHING
     RETURNING log_level
 """
@@ -57,22 +40,20 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
 
     Rows whose (stream, stream id) is already stored are skipped, so a batch redelivered
     after a crash between commit and XACK stores nothing twice; so are rows whose
-    (device_id, boot_id, seq) is (see INSERT_NUMBERED). The per-level
+    (device_id, boot_id, seq) is (sequences.claim). The per-level
     totals move in the same transaction, keyed by `writer` so that concurrent
     drains never update the same counter row.
     """
     inserted: Counter[str] = Counter()
     if not rows:
         return inserted
-    plain = [row for row in rows if row[9] is None]
-    # Concurrent drains claim sequence blocks in one order, so they wait for each other
-    # instead of deadlocking.
-    numbered = sorted((row for row in rows if row[9] is not None), key=lambda r: (r[2], r[8], r[9]))
+    numbered = [row for row in rows if row[9] is not None]
     with conn.transaction(), conn.cursor() as cur:
-        for statement, part in ((INSERT_PLAIN, plain), (INSERT_NUMBERED, numbered)):
-            if not part:
-                continue
-            cur.executemany(statement, part, returning=True)
+        if numbered:
+            claimed = {id(row) for row in sequences.claim(cur, numbered)}
+            rows = [row for row in rows if row[9] is None or id(row) in claimed]
+        if rows:
+            cur.executemany(INSERT_LOG, rows, returning=True)
             while True:
                 for (level,) in cur.fetchall():
                     inserted[level] += 1

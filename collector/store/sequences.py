@@ -1,14 +1,19 @@
-"""The gap audit: which of a device's numbered logs (boot_id, seq) never reached us.
+"""Device sequence numbers: claiming (device_id, boot_id, seq) as logs are stored, and
+the gap audit, which tells which numbered logs never reached us.
 
-Reads log_sequence_blocks (migration 0004): about one row per 1,024 logs, so an
-audit of a device with millions of logs reads a few thousand short rows.
+Both use log_sequence_blocks (migration 0004): a bit per seq, about one row per
+1,024 logs, so an audit of a device with millions of logs reads a few thousand
+short rows, and a drained batch updates one row per device it touches.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import psycopg
+
+from collector.core.model import Row
 
 BLOCK_BITS = 1024
 _ZERO_RUNS = re.compile("0+")
@@ -55,3 +60,51 @@ def _missing(boot: dict, low: int, high: int, max_ranges: int) -> None:
         boot["missing_ranges"].append([low, high])
     else:
         boot["ranges_truncated"] = True
+
+
+def claim(cur: psycopg.Cursor, rows: Sequence[Row]) -> list[Row]:
+    """Claim the (device_id, boot_id, seq) of numbered rows, in the caller's transaction;
+    returns the rows whose number was not stored before (nor earlier in `rows`), in order.
+
+    One statement per batch, not per row: the blocks the rows fall in are created if
+    missing, locked in one order (so concurrent drains wait for each other instead of
+    deadlocking) and read; the new bits are set in Python and written back once per
+    block. Rolled back with the rows if the transaction fails.
+    """
+    keys = sorted({(row[2], row[8], row[9] >> 10) for row in rows})
+    columns = [list(column) for column in zip(*keys, strict=True)]
+    cur.execute(
+        """
+        INSERT INTO log_sequence_blocks (device_id, boot_id, block, bits)
+        SELECT d, b, n, B'0'::bit(1024) FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
+        ON CONFLICT DO NOTHING
+        """, columns)
+    cur.execute(
+        """
+        SELECT s.device_id, s.boot_id, s.block, s.bits::text FROM log_sequence_blocks s
+        JOIN unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
+          ON s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
+        ORDER BY s.device_id, s.boot_id, s.block
+        FOR UPDATE OF s
+        """, columns)
+    # Bit i of the int is seq block * 1024 + i (the text has it i characters from the left).
+    bits = {(d, b, n): int(text[::-1], 2) for d, b, n, text in cur.fetchall()}
+    fresh, changed = [], set()
+    for row in rows:
+        key, bit = (row[2], row[8], row[9] >> 10), 1 << (row[9] & (BLOCK_BITS - 1))
+        if bits[key] & bit:
+            continue  # stored before, or a copy earlier in this batch
+        bits[key] |= bit
+        changed.add(key)
+        fresh.append(row)
+    if changed:
+        order = sorted(changed)
+        cur.execute(
+            """
+            UPDATE log_sequence_blocks s SET bits = k.bits::bit(1024)
+            FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::text[]) AS k(d, b, n, bits)
+            WHERE s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
+            """,
+            [[k[0] for k in order], [k[1] for k in order], [k[2] for k in order],
+             [format(bits[k], f"0{BLOCK_BITS}b")[::-1] for k in order]])
+    return fresh
