@@ -8,12 +8,13 @@
 -- One row per device, boot and block of 1,024 consecutive seq numbers, with a bit
 -- per seq: a seq is claimed by setting its bit in the transaction that inserts its
 -- log (a set bit means a later copy is a duplicate), and the gap audit reads about
--- one row per 1,024 logs instead of one per log.
+-- one row per 1,024 logs instead of one per log. The bits are 128 bytes of bytea,
+-- not BIT(1024): the drain reads and writes them in binary, not as 1,024 characters.
 CREATE TABLE log_sequence_blocks (
     device_id VARCHAR(100) NOT NULL,
     boot_id   VARCHAR(64)  NOT NULL,
     block     BIGINT       NOT NULL,  -- seq >> 10
-    bits      BIT(1024)    NOT NULL,  -- bit i (from the left) is seq block * 1024 + i
+    bits      BYTEA        NOT NULL,  -- 128 bytes, little-endian: bit i is seq block * 1024 + i
     PRIMARY KEY (device_id, boot_id, block)
 );
 

@@ -27,8 +27,11 @@ import redis
 #         {-2, bucket, wait ms (-1: never), tokens}  over the limit: nothing queued.
 # record = "<fingerprint>|<received_at>|<ids>", ids "<first id>+<count>" when consecutive.
 SCRIPT = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now, now_ms
+if ARGV[5] ~= '' or tonumber(ARGV[7]) > 0 then
+    now = redis.call('TIME')
+    now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
 if ARGV[5] ~= '' then
     local known = redis.call('HGET', KEYS[4], ARGV[5])
     if not known or not string.find(known, ARGV[6], 1, true) then return {-1} end

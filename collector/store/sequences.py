@@ -16,6 +16,7 @@ import psycopg
 from collector.core.model import Row
 
 BLOCK_BITS = 1024
+EMPTY_BLOCK = bytes(BLOCK_BITS // 8)
 _ZERO_RUNS = re.compile("0+")
 
 
@@ -24,18 +25,24 @@ def audit(conn: psycopg.Connection, device_id: str, max_ranges: int = 1000) -> l
     missing between them, and the missing ranges as inclusive [from, to] pairs (the
     first `max_ranges`; `ranges_truncated` says whether there were more)."""
     rows = conn.execute(
-        "SELECT boot_id, block, bits::text FROM log_sequence_blocks WHERE device_id = %s ORDER BY boot_id, block",
+        "SELECT boot_id, block, bits FROM log_sequence_blocks WHERE device_id = %s ORDER BY boot_id, block",
         (device_id,),
     ).fetchall()
     boots: list[dict] = []
     current = None
-    for boot_id, block, bits in rows:
+    for boot_id, block, raw in rows:
+        bits = _as_text(bytes(raw))
         if current is None or current["boot_id"] != boot_id:
             current = {"boot_id": boot_id, "first_seq": None, "last_seq": None, "received": 0,
                        "missing": 0, "missing_ranges": [], "ranges_truncated": False}
             boots.append(current)
         _add_block(current, block * BLOCK_BITS, bits, max_ranges)
     return boots
+
+
+def _as_text(raw: bytes) -> str:
+    """"0"/"1" per seq of the block, the block's first seq first."""
+    return format(int.from_bytes(raw, "little"), f"0{BLOCK_BITS}b")[::-1]
 
 
 def _add_block(boot: dict, base: int, bits: str, max_ranges: int) -> None:
@@ -76,19 +83,19 @@ def claim(cur: psycopg.Cursor, rows: Sequence[Row]) -> list[Row]:
     cur.execute(
         """
         INSERT INTO log_sequence_blocks (device_id, boot_id, block, bits)
-        SELECT d, b, n, B'0'::bit(1024) FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
+        SELECT d, b, n, %s FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
         ON CONFLICT DO NOTHING
-        """, columns)
+        """, [EMPTY_BLOCK, *columns])
     cur.execute(
         """
-        SELECT s.device_id, s.boot_id, s.block, s.bits::text FROM log_sequence_blocks s
+        SELECT s.device_id, s.boot_id, s.block, s.bits FROM log_sequence_blocks s
         JOIN unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
           ON s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
         ORDER BY s.device_id, s.boot_id, s.block
         FOR UPDATE OF s
         """, columns)
-    # Bit i of the int is seq block * 1024 + i (the text has it i characters from the left).
-    bits = {(d, b, n): int(text[::-1], 2) for d, b, n, text in cur.fetchall()}
+    # Bit i of the int is seq block * 1024 + i.
+    bits = {(d, b, n): int.from_bytes(raw, "little") for d, b, n, raw in cur.fetchall()}
     fresh, changed = [], set()
     for row in rows:
         key, bit = (row[2], row[8], row[9] >> 10), 1 << (row[9] & (BLOCK_BITS - 1))
@@ -101,10 +108,10 @@ def claim(cur: psycopg.Cursor, rows: Sequence[Row]) -> list[Row]:
         order = sorted(changed)
         cur.execute(
             """
-            UPDATE log_sequence_blocks s SET bits = k.bits::bit(1024)
-            FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::text[]) AS k(d, b, n, bits)
+            UPDATE log_sequence_blocks s SET bits = k.bits
+            FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::bytea[]) AS k(d, b, n, bits)
             WHERE s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
             """,
             [[k[0] for k in order], [k[1] for k in order], [k[2] for k in order],
-             [format(bits[k], f"0{BLOCK_BITS}b")[::-1] for k in order]])
+             [bits[k].to_bytes(BLOCK_BITS // 8, "little") for k in order]])
     return fresh

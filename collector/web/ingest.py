@@ -25,7 +25,7 @@ from collector.pipeline.keyring import registry_key, uses_key
 from collector.web.auth import forbidden, principal
 from collector.web.errors import ApiError, Overloaded
 from collector.web.extensions import backends, settings
-from collector.web.schemas import batch_schema, log_schema
+from collector.web.schemas import batch_schema, check_sequence_pairs, log_schema
 
 
 def _json_body() -> object:
@@ -153,6 +153,7 @@ def ingest_log():
     key = _idempotency_key()
     body = _json_body()
     log = log_schema(s.max_message_chars, s.max_log_data_bytes).load(body)
+    check_sequence_pairs([log], in_batch=False)
     [entry_id], received, headers = _enqueue([log], body, key)
     return {"status": "queued", "message_id": entry_id, "received_at": received}, 200, headers
 
@@ -162,5 +163,6 @@ def ingest_batch():
     key = _idempotency_key()
     body = _json_body()
     batch = batch_schema(s.max_batch_logs, s.max_message_chars, s.max_log_data_bytes).load(body)
+    check_sequence_pairs(batch["logs"], in_batch=True)
     ids, received, headers = _enqueue(batch["logs"], body, key)
     return {"status": "queued", "count": len(ids), "message_ids": ids, "received_at": received}, 200, headers
