@@ -14,6 +14,12 @@ drain keeps up and the figure measures work, not queueing), the cost of a run is
 CPU time of the collector's processes (APIs, worker, nginx, PostgreSQL, Redis; not
 Locust and not the rest of the host) during the load, divided by the logs accepted.
 Prints the median per configuration and its ratio to the baseline's median.
+
+The machine is a shared VM whose speed moves between runs, so the script also
+prints a normalized figure: the collector's CPU per unit of Locust's own CPU. Locust
+offers the same load in every configuration (exactly-once adds only a key header),
+so its CPU is a control: when it moves, the machine did. `--from-record PATH`
+prints both tables again from a record, without running anything.
 """
 
 from __future__ import annotations
@@ -42,6 +48,25 @@ def cpu_seconds_per_million(phase: dict) -> float:
     return cores * phase["duration_s"] / phase["accepted_logs"] * 1e6
 
 
+def service_per_locust(run: dict) -> float:
+    return sum(run["cpu"].get(group, 0.0) for group in SERVICE_GROUPS) / run["cpu"]["locust"]
+
+
+def print_tables(runs: list[dict], names: list[str]) -> dict:
+    medians = {n: statistics.median(r["cpu_s_per_million_logs"] for r in runs if r["config"] == n) for n in names}
+    normalized = {n: statistics.median(service_per_locust(r) for r in runs if r["config"] == n) for n in names}
+    control = {n: statistics.median(r["cpu"]["locust"] for r in runs if r["config"] == n) for n in names}
+    print("\n| configuration | CPU s per million logs (median) | vs baseline | collector CPU per Locust CPU "
+          "(median) | vs baseline | Locust CPU %, median (range) |\n|---|--:|--:|--:|--:|--:|")
+    for name in names:
+        locust = [r["cpu"]["locust"] for r in runs if r["config"] == name]
+        raw = f"{medians[name] / medians['baseline'] - 1:+.1%}" if "baseline" in medians else "—"
+        norm = f"{normalized[name] / normalized['baseline'] - 1:+.1%}" if "baseline" in normalized else "—"
+        print(f"| {name} | {medians[name]:.1f} | {raw} | {normalized[name]:.2f} | {norm} | "
+              f"{control[name]:.1f} ({min(locust):.1f}–{max(locust):.1f}) |")
+    return {"cpu_s_per_million_logs": medians, "collector_cpu_per_locust_cpu": normalized}
+
+
 def run_once(name: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-compare-{name}-") as out:
         env = {**os.environ, **CONFIGS[name]}
@@ -65,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-rate", type=float, default=20.0, help="logs/s per device (100 devices)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument("--record", type=Path, help="write every run and the medians to this JSON file")
+    parser.add_argument("--from-record", type=Path, help="print the tables of this record; run nothing")
     args = parser.parse_args(argv)
+    if args.from_record:
+        runs = json.loads(args.from_record.read_text())["runs"]
+        print_tables(runs, list(dict.fromkeys(r["config"] for r in runs)))
+        return 0
     names = [n for n in args.configs.split(",") if n]
     runs = []
     for i in range(args.runs):
@@ -74,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(result)
             print(f"run {i + 1}/{args.runs} {name}: {result['cpu_s_per_million_logs']} CPU s per million logs "
                   f"({result['accepted_logs']} logs, p99 {result['p99_ms']} ms)", flush=True)
-    medians = {n: statistics.median(r["cpu_s_per_million_logs"] for r in runs if r["config"] == n) for n in names}
-    base = medians.get("baseline")
-    print("\n| configuration | CPU s per million logs (median) | vs baseline |\n|---|--:|--:|")
-    for name, value in medians.items():
-        ratio = f"{value / base - 1:+.1%}" if base else "—"
-        print(f"| {name} | {value:.1f} | {ratio} |")
+    medians = print_tables(runs, names)
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps({"command": "python -m bench.compare " + " ".join(argv or sys.argv[1:]),
