@@ -226,3 +226,14 @@ def test_keys_and_limits_cost_no_extra_redis_round_trip(settings, db, cli):
     assert without.count("EXEC") == with_all.count("EXEC") == 20
     assert set(with_all) == {"MULTI", "EVALSHA", "EXEC"}, sorted(set(with_all))
     assert set(without) == {"MULTI", "XADD", "HINCRBY", "EXEC"}, sorted(set(without))
+
+
+def test_idempotency_keys_are_scoped_by_the_credential(secured, cli, redis_client, settings):
+    fleet_a, fleet_b = create(cli, "--prefix", "device_"), create(cli, "--prefix", "device_")
+    body = {"logs": [log("device_001")]}
+    first = secured.post("/api/logs/batch", json=body, headers={**bearer(fleet_a), "Idempotency-Key": "same"})
+    again = secured.post("/api/logs/batch", json=body, headers={**bearer(fleet_a), "Idempotency-Key": "same"})
+    other = secured.post("/api/logs/batch", json=body, headers={**bearer(fleet_b), "Idempotency-Key": "same"})
+    assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in other.headers
+    assert first.get_json()["message_ids"] == again.get_json()["message_ids"] != other.get_json()["message_ids"]
+    assert redis_client.xlen(settings.stream) == 2

@@ -67,9 +67,10 @@ def _admission(logs: list[dict], body: object, key: str | None, received: str) -
         credential = Credential(registry_key(s), uses_key(s), who.key_id, who.digest)
     remember = None
     if key is not None:
-        # Keys are chosen by clients: scope them by the device speaking (the first log's).
-        remember = Remember(key=s.key(f"idem:{logs[0]['device_id']}:{key}"), fingerprint=_fingerprint(body),
-                            ttl=s.idempotency_ttl)
+        # Idempotency keys are chosen by clients: scope them by who is speaking, the
+        # credential when there is one, else the device (of the first log).
+        scope = f"k:{credential.key_id}" if credential else f"d:{logs[0]['device_id']}"
+        remember = Remember(key=s.key(f"idem:{scope}:{key}"), fingerprint=_fingerprint(body), ttl=s.idempotency_ttl)
     limits = None
     rate = who.rate_limit if who is not None and who.rate_limit is not None else s.rate_limit_per_device
     if rate > 0:
