@@ -1,7 +1,9 @@
 """The drain and trim tasks, and their beat schedule.
 
-Beat sends `drain_stream` every DRAIN_INTERVAL seconds (with an expiry shorter
-than the interval, so ticks never pile up while workers are busy or down). A
+Beat sends `drain_stream` every DRAIN_INTERVAL seconds as a tick; a tick that
+finds another tick ran within the interval ends at once (pipeline.ticks: by
+Redis's clock, not Celery's `expires`, which a skewed worker clock turns into
+"revoke everything"), so ticks never pile up while workers are busy or down. A
 run stores one batch of up to BATCH_SIZE entries; when the batch was full it
 sends itself again at once, so throughput is bound by the workers, not by the
 tick, and an idle system costs one XREADGROUP per tick. Task bodies are
@@ -21,6 +23,7 @@ from collector.core.settings import Settings
 from collector.pipeline import keyring
 from collector.pipeline.drain import drain_batch
 from collector.pipeline.group import register_consumer
+from collector.pipeline.ticks import claim_tick
 from collector.pipeline.trim import trim_acknowledged
 from collector.store import keys
 from tasks import resources
@@ -34,17 +37,17 @@ def beat_schedule(settings: Settings) -> dict:
         "drain-stream": {
             "task": "tasks.drain.drain_stream",
             "schedule": settings.drain_interval,
-            "options": {"expires": settings.drain_interval * 0.9},
+            "kwargs": {"tick": True},
         },
         "trim-stream": {
             "task": "tasks.drain.trim_stream",
             "schedule": settings.trim_interval,
-            "options": {"expires": settings.trim_interval * 0.9},
+            "kwargs": {"tick": True},
         },
         "sync-keys": {
             "task": "tasks.drain.sync_keys",
             "schedule": settings.keys_sync_interval,
-            "options": {"expires": settings.keys_sync_interval * 0.9},
+            "kwargs": {"tick": True},
         },
     }
 
@@ -69,9 +72,11 @@ def consumer_name(worker_hostname: str | None, settings: Settings) -> str:
     retry_backoff_max=30,
     max_retries=3,
 )
-def drain_stream(self) -> int:
+def drain_stream(self, tick: bool = False) -> int:
     settings: Settings = self.app.collector_settings
     client, pool = resources.backends(settings)
+    if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
+        return 0
     consumer = consumer_name(self.request.hostname, settings)
     if consumer not in _registered:
         register_consumer(client, settings.stream, settings.consumer_group, consumer)
@@ -84,19 +89,23 @@ def drain_stream(self) -> int:
 
 
 @shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)
-def trim_stream(self) -> int:
+def trim_stream(self, tick: bool = False) -> int:
     """Keep Redis memory bounded: drop entries every group has acknowledged."""
     settings: Settings = self.app.collector_settings
     client, _ = resources.backends(settings)
+    if tick and not claim_tick(client, settings, "trim", settings.trim_interval):
+        return 0
     return trim_acknowledged(client, settings.stream)
 
 
 @shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)
-def sync_keys(self) -> int:
+def sync_keys(self, tick: bool = False) -> int:
     """Copy the live keys to Redis (heals a replaced Redis, catches changes made while it
     was down) and the last-use times back to PostgreSQL; returns the live keys."""
     settings: Settings = self.app.collector_settings
     client, pool = resources.backends(settings)
+    if tick and not claim_tick(client, settings, "sync-keys", settings.keys_sync_interval):
+        return 0
     with pool.connection() as conn:
         rows = keys.every(conn)
         keyring.sync(client, settings, rows)

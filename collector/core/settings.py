@@ -103,6 +103,9 @@ class Settings:
     max_deliveries: int = _setting(
         "MAX_DELIVERIES", 10, _int(1),
         "Deliveries after which an entry that was never stored goes to dead_letters.")
+    drain_stall_seconds: float = _setting(
+        "DRAIN_STALL_SECONDS", 60.0, _float(1.0),
+        "/health says degraded (still 200) once the oldest log not yet stored is older than this.")
     trim_interval: float = _setting(
         "TRIM_INTERVAL", 10.0, _float(0.1),
         "Seconds between trims of acknowledged entries from the stream (never unacknowledged ones).")

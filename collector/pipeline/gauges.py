@@ -26,3 +26,7 @@ class StreamCollector:
         ):
             if figures.get(key) is not None:
                 yield GaugeMetricFamily(name, doc, value=figures[key])
+        yield GaugeMetricFamily(
+            "collector_oldest_unstored_age_seconds",
+            "Age of the oldest accepted log not yet stored (0 when none waits); grows when the drain stalls.",
+            value=figures.get("oldest_unstored_age_seconds") or 0.0)

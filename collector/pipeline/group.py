@@ -74,9 +74,41 @@ def _read_figures(client: redis.Redis, stream: str, group: str, memory: bool) ->
 
 
 def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
-    """Stream length, entries delivered but not acknowledged (pending), and entries
-    not yet delivered to the group (lag; None when Redis cannot tell), in one round trip."""
-    return _read_figures(client, stream, group, memory=False)[0]
+    """Stream length, entries delivered but not acknowledged (pending), entries not yet
+    delivered to the group (lag; None when Redis cannot tell), and the age of the oldest
+    entry not yet stored (None when everything is stored)."""
+    figures = _read_figures(client, stream, group, memory=False)[0]
+    figures["oldest_unstored_age_seconds"] = oldest_unstored_age(client, stream, group)
+    return figures
+
+
+def oldest_unstored_age(client: redis.Redis, stream: str, group: str) -> float | None:
+    """Seconds since the oldest entry that is not stored yet was added (by Redis's own
+    clock, which also stamped the entry id): its oldest pending entry or the first one
+    not delivered yet. A drain that has stalled shows here, whatever the clocks of the
+    workers and beat say. None when nothing waits."""
+    pipe = client.pipeline(transaction=False)
+    pipe.time()
+    pipe.xinfo_groups(stream)
+    pipe.xpending(stream, group)
+    now, groups, pending = pipe.execute(raise_on_error=False)
+    if isinstance(now, Exception):
+        raise now
+    info = None if isinstance(groups, Exception) else next(
+        (g for g in groups if g["name"].decode() == group), None)
+    candidates = []
+    if not isinstance(pending, Exception) and pending["pending"]:
+        candidates.append(parse_id(pending["min"]))
+    start = "-" if info is None else "(" + (info["last-delivered-id"].decode()
+                                           if isinstance(info["last-delivered-id"], bytes)
+                                           else info["last-delivered-id"])
+    undelivered = client.xrange(stream, min=start, count=1)
+    if undelivered:
+        candidates.append(parse_id(undelivered[0][0]))
+    if not candidates:
+        return None
+    now_ms = now[0] * 1000 + now[1] // 1000
+    return round(max(0, now_ms - min(candidates)[0]) / 1000, 3)
 
 
 def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+from collector.pipeline.group import oldest_unstored_age
 from collector.store import logs as storage
 from collector.web.auth import principal
 from collector.web.extensions import backends, settings
@@ -15,8 +16,9 @@ def health():
     b = backends()
     checks, errors = {}, {}
     started = time.perf_counter()
+    age = None
     try:
-        b.redis.ping()
+        age = oldest_unstored_age(b.redis, s.stream, s.consumer_group)
         checks["redis"] = True
     except Exception as exc:  # any failure is a failed check, reported by name
         checks["redis"], errors["redis"] = False, repr(exc)
@@ -27,8 +29,12 @@ def health():
     except Exception as exc:
         checks["postgres"], errors["postgres"] = False, repr(exc)
     healthy = all(checks.values())
+    # A stalled drain is not a reason to take this instance out of the load balancer
+    # (ingest still works), but it must not look green: 200 with "degraded".
+    stalled = age is not None and age > s.drain_stall_seconds
     body = {
-        "status": "healthy" if healthy else "unhealthy",
+        "status": ("degraded" if stalled else "healthy") if healthy else "unhealthy",
+        "oldest_unstored_age_seconds": age,
         "instance": s.instance_name,
         "checks": checks,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),

@@ -222,6 +222,8 @@ class PipelineOut(Schema):
     rejected = fields.Integer()
     rejected_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
     duplicates_skipped = fields.Integer()
+    oldest_unstored_age_seconds = fields.Float(allow_none=True, metadata={
+        "description": "Age of the oldest accepted log not yet stored; null when none waits."})
 
 
 class StatsOut(Schema):
@@ -233,7 +235,10 @@ class StatsOut(Schema):
 
 
 class HealthOut(Schema):
-    status = fields.String(metadata={"enum": ["healthy", "unhealthy"]})
+    status = fields.String(metadata={"enum": ["healthy", "degraded", "unhealthy"],
+                                     "description": "degraded (200): the oldest log not yet stored is older than "
+                                                    "DRAIN_STALL_SECONDS"})
+    oldest_unstored_age_seconds = fields.Float(allow_none=True)
     instance = fields.String()
     checks = fields.Dict(keys=fields.String(), values=fields.Boolean())
     errors = fields.Dict(keys=fields.String(), values=fields.String())
