@@ -14,6 +14,7 @@ there); if Redis is unreachable, beat's next key sync copies them.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import psycopg
@@ -62,10 +63,19 @@ def main(argv: list[str] | None = None) -> int:
                     print("error: --device and --prefix take 1-100 of A-Za-z0-9._:@- (starting with a letter or "
                           "digit)", file=sys.stderr)
                     return 2
+            if args.rate is not None and not (math.isfinite(args.rate) and args.rate >= 0):
+                print("error: --rate takes a number of logs per second >= 0 (0: no limit)", file=sys.stderr)
+                return 2
+            if args.burst is not None and args.burst < 1:
+                print("error: --burst takes a number of logs >= 1", file=sys.stderr)
+                return 2
             role = args.role or "device"
             key_id, secret, digest = keyring.new_secret()
-            row = keys.add(conn, key_id, args.name, role, args.device, args.prefix, digest, args.rate, args.burst)
-            _publish(settings, lambda client: keyring.publish(client, settings, row))
+            with conn.transaction():
+                keys.lock(conn)
+                row = keys.add(conn, key_id, args.name, role, args.device, args.prefix, digest, args.rate,
+                               args.burst)
+                _publish(settings, lambda client: keyring.publish(client, settings, row))
             print(f"created key {key_id} ({role}, scope {_scope(row)})", file=sys.stderr)
             print(secret)
             return 0
@@ -74,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("\t".join([row.id, row.name or "-", row.role, _scope(row), _time(row.created_at),
                                  _time(row.last_used_at), _time(row.revoked_at)]))
             return 0
-        if not keys.revoke(conn, args.key_id):
-            print(f"error: no key {args.key_id}", file=sys.stderr)
-            return 1
-        _publish(settings, lambda client: client.hdel(keyring.registry_key(settings), args.key_id))
+        with conn.transaction():
+            keys.lock(conn)
+            if not keys.revoke(conn, args.key_id):
+                print(f"error: no key {args.key_id}", file=sys.stderr)
+                return 1
+            _publish(settings, lambda client: client.hdel(keyring.registry_key(settings), args.key_id))
         print(f"revoked key {args.key_id}", file=sys.stderr)
         return 0
 

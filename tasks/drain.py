@@ -106,7 +106,8 @@ def sync_keys(self, tick: bool = False) -> int:
     client, pool = resources.backends(settings)
     if tick and not claim_tick(client, settings, "sync-keys", settings.keys_sync_interval):
         return 0
-    with pool.connection() as conn:
+    with pool.connection() as conn, conn.transaction():
+        keys.lock(conn)  # the CLI's creates and revokes wait, and so do we for theirs
         rows = keys.every(conn)
         keyring.sync(client, settings, rows)
         keys.record_use(conn, keyring.recent_uses(client, settings))

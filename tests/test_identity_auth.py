@@ -237,3 +237,9 @@ def test_idempotency_keys_are_scoped_by_the_credential(secured, cli, redis_clien
     assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in other.headers
     assert first.get_json()["message_ids"] == again.get_json()["message_ids"] != other.get_json()["message_ids"]
     assert redis_client.xlen(settings.stream) == 2
+
+
+@pytest.mark.parametrize("argv", [("--rate", "-1"), ("--rate", "nan"), ("--rate", "inf"), ("--burst", "0")])
+def test_keys_with_unusable_limits_are_refused(cli, argv):
+    code, out, err = cli("create", "--prefix", "device_", *argv)
+    assert code == 2 and out == "" and "error" in err

@@ -112,3 +112,28 @@ def test_the_answer_is_remembered_for_the_ttl_and_compactly(client, redis_client
     assert 0 < redis_client.ttl(record) <= settings.idempotency_ttl
     assert len(redis_client.get(record)) < 100  # fingerprint, time and "<first id>+5", not five ids
     assert redis_client.memory_usage(record) < 400
+
+
+def test_a_failure_after_the_transaction_fails_only_its_own_request(redis_client, settings, monkeypatch):
+    """Redis lost its scripts and reloading fails: the scripted request gets the error,
+    the plain one in the same MULTI/EXEC, whose logs are queued, still gets its ids."""
+    import redis as redis_lib
+
+    from collector.pipeline.admission import Admission, Remember
+    from collector.pipeline.producer import _send, _Waiter
+
+    def entries(n):
+        return [{b"d": b"dev", b"l": b"INFO", b"m": f"m{i}".encode()} for i in range(n)]
+
+    redis_client.script_flush()
+
+    def fail(*args, **kwargs):
+        raise redis_lib.TimeoutError("script load timed out")
+
+    monkeypatch.setattr(redis_client, "script_load", fail)
+    admission = Admission(received_at="now", remember=Remember(key=settings.key("idem:x"), fingerprint="f", ttl=60))
+    plain, scripted = _send(redis_client, settings.stream, counters.accepted_counter(settings),
+                            [_Waiter(entries(3), 0, None), _Waiter(entries(2), 0, admission)])
+    assert isinstance(plain, list) and len(plain) == 3
+    assert isinstance(scripted, redis_lib.TimeoutError)
+    assert redis_client.xlen(settings.stream) == 3 and accepted(redis_client, settings) == 3

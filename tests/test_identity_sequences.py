@@ -9,7 +9,7 @@ import pytest
 
 from collector.pipeline.drain import drain_batch
 from collector.pipeline.replay import replay
-from collector.store import deadletters
+from collector.store import deadletters, sequences
 
 
 def numbered(seq: int, boot: str = "boot-a", device: str = "dev-1", message: str | None = None) -> dict:
@@ -145,3 +145,19 @@ def test_gap_audit_spans_empty_blocks_and_a_device_without_numbers(client, redis
     assert boot["missing_ranges"] == [[6, 9_999_999]] and boot["missing"] == 9_999_994
     assert client.get("/api/devices/nobody/sequence").get_json() == {"device_id": "nobody", "boots": []}
     assert client.get("/api/devices/bad%0Aid/sequence").status_code == 422
+
+
+def test_a_number_whose_log_was_not_stored_stays_missing(redis_client, settings, db):
+    """A numbered entry whose stream identity is already taken (a Redis restored from an
+    old snapshot hands out ids again) is not stored, so its number is not received."""
+    from collector.store import logs as storage
+
+    row = ("s#1", "5-0", "dev-1", "INFO", "first", None, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00",
+           None, None)
+    storage.insert_logs(db, [row], writer="t")
+    again = (*row[:4], "numbered", *row[5:8], "boot-a", 5)
+    assert storage.insert_logs(db, [again], writer="t") == {}
+    ok = (*row[:1], "6-0", *row[2:4], "numbered", *row[5:8], "boot-a", 6)
+    storage.insert_logs(db, [ok], writer="t")
+    body = sequences.audit(db, "dev-1")
+    assert [(b["first_seq"], b["last_seq"], b["received"]) for b in body] == [(6, 6, 1)]

@@ -59,16 +59,25 @@ def _send(client: redis.Redis, stream: str, counter: tuple[str, str] | None,
         else:
             out.append(replies[position])
             position += 1
+    # The transaction has run: from here on a failure belongs to one request only. The
+    # others' logs are queued and counted, and they must get their 200s, not a 503 that
+    # would make their devices send them again.
+    loaded = False
     for i, (waiter, reply) in enumerate(zip(group, out, strict=True)):
-        if isinstance(reply, redis.exceptions.NoScriptError):
-            # A Redis that lost its script cache (restarted, replaced) ran nothing of this
-            # request: load the script and run the request again, on its own.
-            client.script_load(SCRIPT)
-            retry = client.pipeline(transaction=False)
-            waiter.admission.queue(retry, stream, counter, waiter.entries)
-            out[i] = reply = retry.execute(raise_on_error=False)[0]
-        if waiter.admission is not None and not isinstance(reply, Exception):
-            out[i] = waiter.admission.read(reply)
+        try:
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                # A Redis that lost its script cache (restarted, replaced) ran nothing of this
+                # request: load the script (once) and run the request again, on its own.
+                if not loaded:
+                    client.script_load(SCRIPT)
+                    loaded = True
+                retry = client.pipeline(transaction=False)
+                waiter.admission.queue(retry, stream, counter, waiter.entries)
+                out[i] = reply = retry.execute(raise_on_error=False)[0]
+            if waiter.admission is not None and not isinstance(reply, Exception):
+                out[i] = waiter.admission.read(reply)
+        except Exception as exc:
+            out[i] = exc
     return out
 
 

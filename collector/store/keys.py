@@ -27,6 +27,13 @@ class KeyRow:
     revoked_at: object
 
 
+def lock(conn: psycopg.Connection) -> None:
+    """Serialise changes to the keys with the copy to Redis (beat's sync), for the rest of
+    the caller's transaction: a sync that read the table before a revocation must not
+    write the revoked key back to Redis after it."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('collector.device_keys'))")
+
+
 def add(conn: psycopg.Connection, key_id: str, name: str, role: str, device_id: str | None,
         device_prefix: str | None, secret_sha256: str, rate_limit: float | None = None,
         rate_burst: int | None = None) -> KeyRow:

@@ -18,8 +18,8 @@ from collector.core.model import LEVELS, Row
 from collector.store import sequences
 
 # A redelivered stream entry is skipped by ON CONFLICT on its stream identity. A
-# numbered row is inserted only if its (device_id, boot_id, seq) was claimed now
-# (sequences.claim), so a copy that reached us any other way (an HTTP retry, a
+# numbered row is inserted only if its (device_id, boot_id, seq) was not stored yet
+# (sequences.Claims), so a copy that reached us any other way (an HTTP retry, a
 # resend after a reboot, a replay) is skipped as a duplicate too.
 INSERT_LOG = """
     INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at,
@@ -40,7 +40,7 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
 
     Rows whose (stream, stream id) is already stored are skipped, so a batch redelivered
     after a crash between commit and XACK stores nothing twice; so are rows whose
-    (device_id, boot_id, seq) is (sequences.claim). The per-level
+    (device_id, boot_id, seq) is (sequences.Claims). The per-level
     totals move in the same transaction, keyed by `writer` so that concurrent
     drains never update the same counter row.
     """
@@ -49,16 +49,24 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
         return inserted
     numbered = [row for row in rows if row[9] is not None]
     with conn.transaction(), conn.cursor() as cur:
+        claims = None
         if numbered:
-            claimed = {id(row) for row in sequences.claim(cur, numbered)}
-            rows = [row for row in rows if row[9] is None or id(row) in claimed]
+            claims = sequences.Claims.check(cur, numbered)
+            fresh = {id(row) for row in claims.fresh}
+            rows = [row for row in rows if row[9] is None or id(row) in fresh]
+        stored = []
         if rows:
             cur.executemany(INSERT_LOG, rows, returning=True)
-            while True:
+            for row in rows:  # one result set per row, in order: empty when ON CONFLICT skipped it
                 for (level,) in cur.fetchall():
                     inserted[level] += 1
-                if not cur.nextset():
-                    break
+                    stored.append(row)
+                cur.nextset()
+        if claims is not None:
+            # Only numbers whose log is now stored count as received: a row skipped because
+            # its stream identity is taken (a Redis restored from an old snapshot) must not
+            # hide its number from the gap audit.
+            claims.record(cur, [row for row in stored if row[9] is not None])
         if inserted:
             cur.executemany(ADD_COUNTS, [(writer, level, n) for level, n in sorted(inserted.items())])
     return inserted

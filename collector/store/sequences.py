@@ -69,42 +69,57 @@ def _missing(boot: dict, low: int, high: int, max_ranges: int) -> None:
         boot["ranges_truncated"] = True
 
 
-def claim(cur: psycopg.Cursor, rows: Sequence[Row]) -> list[Row]:
-    """Claim the (device_id, boot_id, seq) of numbered rows, in the caller's transaction;
-    returns the rows whose number was not stored before (nor earlier in `rows`), in order.
+class Claims:
+    """The numbered rows of one batch whose (device_id, boot_id, seq) is not stored yet.
 
-    One statement per batch, not per row: the blocks the rows fall in are created if
-    missing, locked in one order (so concurrent drains wait for each other instead of
-    deadlocking) and read; the new bits are set in Python and written back once per
-    block. Rolled back with the rows if the transaction fails.
+    `check` locks the blocks the rows fall in (created if missing, locked in one order,
+    so concurrent drains wait for each other instead of deadlocking) and reads their
+    bits; `record` sets the bits of the rows that were then actually inserted and
+    writes each changed block back once. One statement per step, not per row, and
+    all of it in the caller's transaction, so it rolls back with the rows.
     """
-    keys = sorted({(row[2], row[8], row[9] >> 10) for row in rows})
-    columns = [list(column) for column in zip(*keys, strict=True)]
-    cur.execute(
-        """
-        INSERT INTO log_sequence_blocks (device_id, boot_id, block, bits)
-        SELECT d, b, n, %s FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
-        ON CONFLICT DO NOTHING
-        """, [EMPTY_BLOCK, *columns])
-    cur.execute(
-        """
-        SELECT s.device_id, s.boot_id, s.block, s.bits FROM log_sequence_blocks s
-        JOIN unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
-          ON s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
-        ORDER BY s.device_id, s.boot_id, s.block
-        FOR UPDATE OF s
-        """, columns)
-    # Bit i of the int is seq block * 1024 + i.
-    bits = {(d, b, n): int.from_bytes(raw, "little") for d, b, n, raw in cur.fetchall()}
-    fresh, changed = [], set()
-    for row in rows:
-        key, bit = (row[2], row[8], row[9] >> 10), 1 << (row[9] & (BLOCK_BITS - 1))
-        if bits[key] & bit:
-            continue  # stored before, or a copy earlier in this batch
-        bits[key] |= bit
-        changed.add(key)
-        fresh.append(row)
-    if changed:
+
+    def __init__(self, bits: dict[tuple, int], fresh: list[Row]) -> None:
+        self._bits, self.fresh = bits, fresh
+
+    @classmethod
+    def check(cls, cur: psycopg.Cursor, rows: Sequence[Row]) -> Claims:
+        keys = sorted({(row[2], row[8], row[9] >> 10) for row in rows})
+        columns = [list(column) for column in zip(*keys, strict=True)]
+        cur.execute(
+            """
+            INSERT INTO log_sequence_blocks (device_id, boot_id, block, bits)
+            SELECT d, b, n, %s FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
+            ON CONFLICT DO NOTHING
+            """, [EMPTY_BLOCK, *columns])
+        cur.execute(
+            """
+            SELECT s.device_id, s.boot_id, s.block, s.bits FROM log_sequence_blocks s
+            JOIN unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
+              ON s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
+            ORDER BY s.device_id, s.boot_id, s.block
+            FOR UPDATE OF s
+            """, columns)
+        # Bit i of the int is seq block * 1024 + i.
+        bits = {(d, b, n): int.from_bytes(raw, "little") for d, b, n, raw in cur.fetchall()}
+        seen = dict(bits)
+        fresh = []
+        for row in rows:
+            key, bit = _key(row), _bit(row)
+            if seen[key] & bit:
+                continue  # stored before, or a copy earlier in this batch
+            seen[key] |= bit
+            fresh.append(row)
+        return cls(bits, fresh)
+
+    def record(self, cur: psycopg.Cursor, inserted: Sequence[Row]) -> None:
+        """Mark the numbers of these rows (some of `fresh`, as inserted) as stored."""
+        changed = set()
+        for row in inserted:
+            self._bits[_key(row)] |= _bit(row)
+            changed.add(_key(row))
+        if not changed:
+            return
         order = sorted(changed)
         cur.execute(
             """
@@ -113,5 +128,20 @@ def claim(cur: psycopg.Cursor, rows: Sequence[Row]) -> list[Row]:
             WHERE s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
             """,
             [[k[0] for k in order], [k[1] for k in order], [k[2] for k in order],
-             [bits[k].to_bytes(BLOCK_BITS // 8, "little") for k in order]])
-    return fresh
+             [self._bits[k].to_bytes(BLOCK_BITS // 8, "little") for k in order]])
+
+
+def _key(row: Row) -> tuple[str, str, int]:
+    return row[2], row[8], row[9] >> 10
+
+
+def _bit(row: Row) -> int:
+    return 1 << (row[9] & (BLOCK_BITS - 1))
+
+
+def claim(cur: psycopg.Cursor, rows: Sequence[Row]) -> list[Row]:
+    """Check and record in one go (every fresh row counts as stored): for callers that
+    insert nothing themselves, such as the audit benchmark."""
+    claims = Claims.check(cur, rows)
+    claims.record(cur, claims.fresh)
+    return claims.fresh
