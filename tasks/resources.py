@@ -12,7 +12,7 @@ import os
 import redis
 from psycopg_pool import ConnectionPool
 
-from collector.core.clients import make_db_pool, make_redis
+from collector.core.clients import check_eviction_policy, make_db_pool, make_redis
 from collector.core.settings import Settings
 from collector.pipeline.group import ensure_group
 
@@ -26,6 +26,7 @@ def open_backends(settings: Settings) -> None:
     client = make_redis(settings, timeout=max(settings.redis_timeout, 5.0), retries=1)
     pool = make_db_pool(settings, 2, name=f"collector-worker-{settings.instance_name}", check=True,
                         statement_timeout=60.0)
+    check_eviction_policy(client)
     pool.open(wait=False)
     _state.update(pid=os.getpid(), redis=client, db=pool)
     try:

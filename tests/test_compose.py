@@ -199,7 +199,7 @@ def test_api_instances_are_reached_only_through_nginx(services: dict):
         assert env["BIND"] == "0.0.0.0:8000"
         assert env["INSTANCE_NAME"] == name
         assert nginx_env[f"API{number}_ADDR"] == f"{name}:8000"
-        assert "http://127.0.0.1:8000/health" in " ".join(tokens(api["healthcheck"]["test"]))
+        assert "http://127.0.0.1:8000/livez" in " ".join(tokens(api["healthcheck"]["test"]))
         assert depends_on(services["nginx"])[name]["condition"] == "service_healthy"
 
 

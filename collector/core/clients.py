@@ -11,7 +11,25 @@ from psycopg_pool import ConnectionPool
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from collector.core.settings import Settings
+from collector.core.settings import Settings, SettingsError
+
+# Policies under which Redis deletes keys by itself when full: it would delete the
+# stream (accepted logs not yet stored) and the Celery queues.
+SAFE_POLICY = "noeviction"
+
+
+def check_eviction_policy(client: redis.Redis) -> str | None:
+    """Refuse a Redis that evicts keys (SettingsError); returns the policy, or None when
+    it cannot be read (Redis down: checked by the next start; CONFIG disabled, as on some
+    managed services: their documentation must say noeviction)."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError:
+        return None
+    if policy and policy != SAFE_POLICY:
+        raise SettingsError(f"Redis maxmemory-policy is {policy!r}: it would evict accepted logs not yet stored; "
+                            f"set it to {SAFE_POLICY!r} (redis-server --maxmemory-policy {SAFE_POLICY})")
+    return policy
 
 
 def make_redis(settings: Settings, timeout: float | None = None, retries: int = 0) -> redis.Redis:

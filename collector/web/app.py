@@ -12,7 +12,7 @@ from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 
 from collector.core import metrics
-from collector.core.clients import make_db_pool, make_redis
+from collector.core.clients import check_eviction_policy, make_db_pool, make_redis
 from collector.core.logging_setup import configure_logging, log_context
 from collector.core.settings import Settings, load_settings
 from collector.pipeline import counters
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     db.open(wait=False)
     atexit.register(db.close)
     client = make_redis(settings)
+    check_eviction_policy(client)
     appender = Appender(client, settings.stream, counters.accepted_counter(settings))
     app.extensions["collector"] = Backends(redis=client, db=db, gate=Gate(settings), appender=appender,
                                            keyring=Keyring(client, settings))

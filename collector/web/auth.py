@@ -22,6 +22,7 @@ PUBLIC = None  # anyone, no key needed
 ACCESS: dict[str, tuple[str, ...] | None] = {
     "api.index": PUBLIC,
     "api.health": PUBLIC,
+    "api.live": PUBLIC,
     "docs.openapi_json": PUBLIC,
     "docs.swagger_ui": PUBLIC,
     "docs.swagger_static": PUBLIC,

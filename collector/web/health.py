@@ -47,6 +47,17 @@ def health():
     return body, 200 if healthy else 503, headers
 
 
+def live():
+    """For load balancers and container health checks: 200 when this instance can take
+    logs (Redis answers), whatever PostgreSQL does, so a cold start while PostgreSQL is
+    down still serves ingest. /health says more."""
+    try:
+        backends().redis.ping()
+    except Exception:  # down is down, for whatever reason
+        return {"status": "down", "checks": {"redis": False}}, 503, {"Retry-After": str(settings().retry_after)}
+    return {"status": "up", "checks": {"redis": True}}
+
+
 def index():
     """Where to go from here, for whoever opens the collector's address."""
     return {"service": "device-log-collector", "docs": "/docs", "openapi": "/openapi.json", "health": "/health",

@@ -106,6 +106,9 @@ def build_spec(settings: Settings) -> dict:
                                                    "responses": {"200": {"description": "OpenAPI 3"}}}})
     spec.path("/docs", operations={"get": {"summary": "Swagger UI for this document",
                                            "responses": {"200": {"description": "HTML page"}}}})
+    spec.path("/livez", operations={"get": {
+        "summary": "Can this instance take logs? (Redis only; PostgreSQL may be down)",
+        "responses": {"200": {"description": "Up"}, "503": {"description": "Redis unreachable"}}}})
     spec.path("/", operations={"get": {"summary": "Where to go from here",
                                        "responses": {"200": {"description": "Links"}}}})
     _secure(spec, settings)

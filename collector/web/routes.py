@@ -19,6 +19,7 @@ for rule, view, methods in (
     ("/api/dead-letters", admin.dead_letters, ["GET"]),
     ("/metrics", admin.prometheus_metrics, ["GET"]),
     ("/health", health.health, ["GET"]),
+    ("/livez", health.live, ["GET"]),
     ("/", health.index, ["GET"]),
 ):
     api.add_url_rule(rule, view_func=view, methods=methods)
