@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.sequence_audit [--logs 5000000] [--missing 1000] [--repeat 5]
 
 Claims seq 1..--logs for one device (minus --missing random numbers) in a scratch
-database through the drain's own claim (store.sequences.claim, in batches of 1,000),
+database through the drain's own claims (store.sequences.Claims, in batches of 1,000),
 then times store.sequences.audit, which serves GET /api/devices/<id>/sequence, and
 prints the median, the rows it read and the missing count it found.
 """
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows = [("s", str(i), "device-1", "INFO", "m", None, "", "", "boot-1", i)
                         for i in range(start, min(start + 1000, args.logs + 1)) if i not in gone]
                 with conn.transaction(), conn.cursor() as cur:
-                    sequences.claim(cur, rows)
+                    claims = sequences.Claims.check(cur, rows)
+                    claims.record(cur, claims.fresh)  # as if every fresh row were inserted
             fill = time.perf_counter() - started
             blocks = conn.execute("SELECT count(*) FROM log_sequence_blocks").fetchone()[0]
             timings = []

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from celery import Celery, signals
+from celery import Celery, current_app, signals
 
 from collector.core.logging_setup import configure_logging, log_context
 from collector.core.settings import Settings, load_settings
@@ -65,8 +65,6 @@ def _connect_signals() -> None:
 
 def _current_settings() -> Settings:
     """The settings of the app this process runs (the worker's, in its signals)."""
-    from celery import current_app
-
     return getattr(current_app, "collector_settings", None) or load_settings()
 
 

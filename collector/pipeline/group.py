@@ -51,8 +51,13 @@ def register_consumer(client: redis.Redis, stream: str, group: str, consumer: st
     client.xgroup_createconsumer(stream, group, consumer)
 
 
-def _group_figures(length: int, groups: list, group: str) -> dict:
-    info = next((g for g in groups if g["name"].decode() == group), None)
+def _group_info(groups: list | Exception, group: str) -> dict | None:
+    if isinstance(groups, Exception):  # no stream yet
+        return None
+    return next((g for g in groups if g["name"].decode() == group), None)
+
+
+def _group_figures(length: int, info: dict | None) -> dict:
     if info is None:  # no consumer group yet: nothing delivered
         return {"stream_length": length, "pending": 0, "lag": length}
     return {"stream_length": length, "pending": info["pending"], "lag": info.get("lag")}
@@ -68,47 +73,45 @@ def _read_figures(client: redis.Redis, stream: str, group: str, memory: bool) ->
     for reply in (length, *info):
         if isinstance(reply, Exception):
             raise reply
-    if isinstance(groups, Exception):  # no stream yet
-        groups = []
-    return _group_figures(length, groups, group), (info[0] if info else None)
+    return _group_figures(length, _group_info(groups, group)), (info[0] if info else None)
 
 
 def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
     """Stream length, entries delivered but not acknowledged (pending), entries not yet
     delivered to the group (lag; None when Redis cannot tell), and the age of the oldest
-    entry not yet stored (None when everything is stored)."""
-    figures = _read_figures(client, stream, group, memory=False)[0]
-    figures["oldest_unstored_age_seconds"] = oldest_unstored_age(client, stream, group)
+    entry not yet stored (None when everything is stored).
+
+    That age is counted from the entry's id, which Redis's own clock stamped: its oldest
+    pending entry or the first one not delivered yet. A drain that has stalled shows
+    here, whatever the clocks of the workers and beat say.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(stream)
+    pipe.xinfo_groups(stream)
+    pipe.xpending(stream, group)
+    pipe.time()
+    length, groups, pending, now = pipe.execute(raise_on_error=False)
+    for reply in (length, now):
+        if isinstance(reply, Exception):
+            raise reply
+    info = _group_info(groups, group)
+    candidates = []
+    if not isinstance(pending, Exception) and pending["pending"]:
+        candidates.append(parse_id(pending["min"]))
+    last = info["last-delivered-id"] if info is not None else None
+    start = "-" if last is None else "(" + (last.decode() if isinstance(last, bytes) else last)
+    if undelivered := client.xrange(stream, min=start, count=1):
+        candidates.append(parse_id(undelivered[0][0]))
+    figures = _group_figures(length, info)
+    now_ms = now[0] * 1000 + now[1] // 1000
+    figures["oldest_unstored_age_seconds"] = (
+        round(max(0, now_ms - min(candidates)[0]) / 1000, 3) if candidates else None)
     return figures
 
 
 def oldest_unstored_age(client: redis.Redis, stream: str, group: str) -> float | None:
-    """Seconds since the oldest entry that is not stored yet was added (by Redis's own
-    clock, which also stamped the entry id): its oldest pending entry or the first one
-    not delivered yet. A drain that has stalled shows here, whatever the clocks of the
-    workers and beat say. None when nothing waits."""
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.xinfo_groups(stream)
-    pipe.xpending(stream, group)
-    now, groups, pending = pipe.execute(raise_on_error=False)
-    if isinstance(now, Exception):
-        raise now
-    info = None if isinstance(groups, Exception) else next(
-        (g for g in groups if g["name"].decode() == group), None)
-    candidates = []
-    if not isinstance(pending, Exception) and pending["pending"]:
-        candidates.append(parse_id(pending["min"]))
-    start = "-" if info is None else "(" + (info["last-delivered-id"].decode()
-                                           if isinstance(info["last-delivered-id"], bytes)
-                                           else info["last-delivered-id"])
-    undelivered = client.xrange(stream, min=start, count=1)
-    if undelivered:
-        candidates.append(parse_id(undelivered[0][0]))
-    if not candidates:
-        return None
-    now_ms = now[0] * 1000 + now[1] // 1000
-    return round(max(0, now_ms - min(candidates)[0]) / 1000, 3)
+    """Seconds since the oldest entry not yet stored was added; None when nothing waits."""
+    return pipeline_stats(client, stream, group)["oldest_unstored_age_seconds"]
 
 
 def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:

@@ -138,10 +138,3 @@ def _key(row: Row) -> tuple[str, str, int]:
 def _bit(row: Row) -> int:
     return 1 << (row[9] & (BLOCK_BITS - 1))
 
-
-def claim(cur: psycopg.Cursor, rows: Sequence[Row]) -> list[Row]:
-    """Check and record in one go (every fresh row counts as stored): for callers that
-    insert nothing themselves, such as the audit benchmark."""
-    claims = Claims.check(cur, rows)
-    claims.record(cur, claims.fresh)
-    return claims.fresh

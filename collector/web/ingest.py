@@ -22,7 +22,7 @@ from collector.core import metrics
 from collector.pipeline.admission import Admission, Credential, Limits, Remember
 from collector.pipeline.codec import encode_entry
 from collector.pipeline.keyring import registry_key, uses_key
-from collector.web.auth import forbidden, principal
+from collector.web.auth import Unauthorized, forbidden, principal
 from collector.web.errors import ApiError, Overloaded
 from collector.web.extensions import backends, settings
 from collector.web.schemas import batch_schema, check_sequence_pairs, log_schema
@@ -125,8 +125,7 @@ def _enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str]
         return ids, received, {}
     result = b.appender.admit(entries, admission, request.content_length or 0)
     if result.status == "unauthorized":  # revoked since this process cached it
-        raise ApiError(401, "unauthorized", "The key is unknown or revoked.",
-                       headers={"WWW-Authenticate": 'Bearer realm="collector"'})
+        raise Unauthorized("The key is unknown or revoked.")
     headers = _rate_headers(result)
     if result.status == "limited":
         index = next(i for i, log in enumerate(logs) if log["device_id"] == result.device)
