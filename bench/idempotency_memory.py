@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     prefix = f"bench-idem:{uuid.uuid4().hex[:8]}:"
-    settings = load_settings(key_prefix=prefix)
+    # Keys off: records are then scoped by device id ("d:device_042"), a little longer than by key id.
+    settings = load_settings(key_prefix=prefix, auth_enabled=False)
     client = create_app(settings).test_client()
     r = redis.Redis.from_url(settings.redis_url)
     try:
