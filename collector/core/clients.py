@@ -73,7 +73,9 @@ def make_db_pool(settings: Settings, size: int, name: str, check: bool = False,
         kwargs={
             "application_name": name, "autocommit": True,
             "connect_timeout": max(1, int(settings.db_timeout)),
-            "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+            # TimeZone fixed: timestamptz values are read back in UTC whatever the
+            # server's own TimeZone, so a server's setting never changes an answer.
+            "options": f"-c statement_timeout={int(statement_timeout * 1000)} -c TimeZone=UTC",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         },
         check=ConnectionPool.check_connection if check else None,
