@@ -15,7 +15,7 @@ import sys
 
 import psycopg
 
-from collector.core.clients import make_redis
+from collector.core.clients import make_cache_redis, make_redis
 from collector.core.settings import load_settings
 from collector.pipeline.replay import ReplayResult, replay
 from collector.store import deadletters
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             for row in deadletters.page(conn, args.limit):
                 print(json.dumps(row, default=str))
             return 0
-        client = make_redis(settings, timeout=5.0)
+        # Replay talks to Redis only to invalidate the query cache.
+        client = make_cache_redis(settings, make_redis(settings, timeout=5.0))
         result = replay(conn, client, settings, None if args.all else args.ids)
         print(f"stored {result.stored} dead letter(s); {result.still_failing} still failing (see `list`)")
     return 1 if result.still_failing else 0

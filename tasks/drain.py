@@ -22,7 +22,6 @@ from psycopg_pool import PoolTimeout
 from collector.core.settings import Settings
 from collector.pipeline import keyring
 from collector.pipeline.drain import drain_batch
-from collector.pipeline.group import register_consumer
 from collector.pipeline.ticks import claim_tick
 from collector.pipeline.trim import trim_acknowledged
 from collector.store import keys
@@ -52,12 +51,11 @@ def beat_schedule(settings: Settings) -> dict:
     }
 
 
-_registered: set[str] = set()  # consumers of this process already registered in the group
-
-
 def consumer_name(worker_hostname: str | None, settings: Settings) -> str:
-    """Stable across restarts of the same worker (node name + pool process index), so a
-    restarted process finds and finishes the entries its predecessor left pending."""
+    """The name a process prefers: stable across restarts of the same worker (node name +
+    pool process index), so a restarted process finds and finishes the entries its
+    predecessor left pending. A lease makes it unique among live processes
+    (resources.consumer)."""
     return f"{worker_hostname or settings.instance_name}-{current_process_index() or 0}"
 
 
@@ -77,12 +75,9 @@ def drain_stream(self, tick: bool = False) -> int:
     client, pool = resources.backends(settings)
     if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
         return 0
-    consumer = consumer_name(self.request.hostname, settings)
-    if consumer not in _registered:
-        register_consumer(client, settings.stream, settings.consumer_group, consumer)
-        _registered.add(consumer)
+    consumer = resources.consumer(settings, consumer_name(self.request.hostname, settings))
     with pool.connection() as conn:
-        result = drain_batch(client, conn, settings, consumer)
+        result = drain_batch(client, conn, settings, consumer, resources.cache_client(settings))
     if result.full:
         self.apply_async()
     return result.read

@@ -12,9 +12,10 @@ import os
 import redis
 from psycopg_pool import ConnectionPool
 
-from collector.core.clients import check_eviction_policy, make_db_pool, make_redis
+from collector.core.clients import check_eviction_policy, make_cache_redis, make_db_pool, make_redis
 from collector.core.settings import Settings
-from collector.pipeline.group import ensure_group
+from collector.pipeline.consumers import ConsumerLease
+from collector.pipeline.group import ensure_group, register_consumer
 
 log = logging.getLogger(__name__)
 _state: dict = {}
@@ -25,10 +26,10 @@ def open_backends(settings: Settings) -> None:
     # Workers can afford to wait longer on Redis than the API, which must answer at once.
     client = make_redis(settings, timeout=max(settings.redis_timeout, 5.0), retries=1)
     pool = make_db_pool(settings, 2, name=f"collector-worker-{settings.instance_name}", check=True,
-                        statement_timeout=60.0)
+                        statement_timeout=settings.drain_statement_timeout)
     check_eviction_policy(client)
     pool.open(wait=False)
-    _state.update(pid=os.getpid(), redis=client, db=pool)
+    _state.update(pid=os.getpid(), redis=client, db=pool, cache=make_cache_redis(settings, client))
     try:
         ensure_group(client, settings.stream, settings.consumer_group)
     except redis.RedisError as exc:
@@ -41,8 +42,30 @@ def backends(settings: Settings) -> tuple[redis.Redis, ConnectionPool]:
     return _state["redis"], _state["db"]
 
 
+def cache_client(settings: Settings) -> redis.Redis:
+    """The query cache's Redis (the stream's own client unless CACHE_REDIS_URL is set)."""
+    backends(settings)
+    return _state["cache"]
+
+
+def consumer(settings: Settings, preferred: str) -> str:
+    """The consumer name this process drains under now: `preferred` when its lease is free
+    (pipeline.consumers), registered in the group the first time it is used."""
+    client, _ = backends(settings)
+    lease = _state.get("lease")
+    if lease is None:
+        lease = _state["lease"] = ConsumerLease(client, settings, preferred)
+    name = lease.current()
+    if name not in _state.setdefault("registered", set()):
+        register_consumer(client, settings.stream, settings.consumer_group, name)
+        _state["registered"].add(name)
+    return name
+
+
 def close_backends() -> None:
-    pool = _state.get("db")
-    if pool is not None and _state.get("pid") == os.getpid():
-        pool.close()
+    if _state.get("pid") == os.getpid():
+        if (lease := _state.get("lease")) is not None:
+            lease.release()
+        if (pool := _state.get("db")) is not None:
+            pool.close()
     _state.clear()

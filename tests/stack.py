@@ -61,10 +61,11 @@ class Stack:
         wait_http_ok(f"{url}/health")
         return url
 
-    def start_worker(self, concurrency: int = 2) -> None:
-        # The node name is fixed, so a restarted worker has the same stream consumers.
+    def start_worker(self, concurrency: int = 2, name: str = "worker") -> None:
+        # The node name is fixed, so a restarted worker has the same stream consumers
+        # (and a second one, under another process `name`, collides with it on purpose).
         self.worker_metrics_port = free_port()
-        self._start("worker", [str(BIN / "celery"), "-A", "tasks.celery_app", "worker", "-n", "test@%h",
+        self._start(name, [str(BIN / "celery"), "-A", "tasks.celery_app", "worker", "-n", "test@%h",
                                "--concurrency", str(concurrency), "--loglevel", "INFO"],
                     INSTANCE_NAME="test-worker", WORKER_METRICS_PORT=str(self.worker_metrics_port))
 
@@ -105,8 +106,9 @@ class ThrowawayRedis:
     """A Redis with an append-only file fsynced on every write, so a clean stop and
     start keeps the stream, like the Redis we ship in docker-compose."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *args: str) -> None:
         self.port = free_port()
+        self.args = args  # more redis-server options, e.g. "--maxmemory", "8mb"
         self.dir = log_dir / "redis-data"
         self.dir.mkdir(exist_ok=True)
         self.log_dir = log_dir
@@ -118,6 +120,7 @@ class ThrowawayRedis:
         self.proc = Process(name, [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction",
+            *self.args,
         ], os.environ.copy(), self.log_dir / f"{name}.log").start()
         wait_until(lambda: redis.Redis(port=self.port).ping(), 20, "throwaway Redis")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import time
 
+from collector.devtools.processes import wait_until
 from collector.pipeline import codec as stream
-from collector.pipeline import counters, group, producer, trim
+from collector.pipeline import consumers, counters, group, producer, trim
 from collector.pipeline.drain import drain_batch, read_batch
 from collector.pipeline.replay import ReplayResult, replay
 from collector.store import logs as storage
@@ -87,38 +87,49 @@ def test_poison_is_isolated_and_dead_lettered_with_the_reason(redis_client, sett
     assert payload == {"foreign": "entry"}
 
 
-def test_entries_of_a_dead_consumer_are_reclaimed(redis_client, settings, db):
+def die_holding(redis_client, settings, consumer: str, times: int) -> None:
+    """`times` processes in turn take `consumer`'s batch, mark it in flight and die
+    (as kill -9 would leave them: marker written, nothing acknowledged)."""
+    for n in range(times):
+        batch = read_batch(redis_client, settings, consumer)
+        consumers.mark_in_flight(redis_client, settings.stream, consumer, [i for i, _ in batch.entries],
+                                 token=f"dead-process-{n}")
+
+
+def test_entries_of_a_dead_consumer_are_reclaimed_once_its_lease_lapses(redis_client, settings, db):
     enqueue(redis_client, settings, 10)
+    lease = consumers.lease_key(settings.stream, "worker-that-dies")
+    redis_client.set(lease, "its-token", px=1500)
     read_batch(redis_client, settings, "worker-that-dies")  # delivered, never acknowledged
-    # Not idle long enough yet: an hour, which no test run can reach by being slow.
-    patient = dataclasses.replace(settings, claim_idle_seconds=3600.0)
-    assert drain_batch(redis_client, db, patient, "live").read == 0
-    settings = dataclasses.replace(settings, claim_idle_seconds=1.0)
-    time.sleep(1.1)  # idle at least this long now, however busy the machine
+    assert drain_batch(redis_client, db, settings, "live").read == 0  # its lease is live: hands off
+    wait_until(lambda: not redis_client.exists(lease), 10, "the lease to lapse")
     result = drain_batch(redis_client, db, settings, "live")
     assert (result.source, result.inserted) == ("reclaimed", 10)
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
+    drain_batch(redis_client, db, settings, "live")  # the next look removes the empty dead name
+    names = {c["name"] for c in redis_client.xinfo_consumers(settings.stream, settings.consumer_group)}
+    assert b"worker-that-dies" not in names
 
 
-def test_an_entry_delivered_too_often_is_dead_lettered(redis_client, settings, db):
+def test_an_entry_that_killed_max_deliveries_workers_is_dead_lettered(redis_client, settings, db):
     settings = dataclasses.replace(settings, max_deliveries=3)
     [entry_id] = enqueue(redis_client, settings, 1)
-    for _ in range(3):  # three deliveries that each ended in a crash
-        read_batch(redis_client, settings, "c1")
-    result = drain_batch(redis_client, db, settings, "c1")  # the fourth delivery
+    die_holding(redis_client, settings, "c1", 3)
+    result = drain_batch(redis_client, db, settings, "c1")
     assert (result.inserted, result.dead_lettered) == (0, 1)
-    assert "delivered 4 times" in dead_letters(db)[entry_id]
+    assert "3 workers died while storing it" in dead_letters(db)[entry_id]
+    assert not redis_client.hexists(consumers.deaths_key(settings.stream), entry_id)  # forgotten once acked
 
 
 def test_a_crash_looping_batch_is_taken_apart_so_only_the_culprit_is_dead_lettered(redis_client, settings, db):
     settings = dataclasses.replace(settings, max_deliveries=4)
     ids = enqueue(redis_client, settings, 5)
-    for _ in range(3):  # the whole batch was delivered three times, and each time the worker died
-        read_batch(redis_client, settings, "c1")
+    die_holding(redis_client, settings, "c1", 3)  # the whole batch, three times
     # Now entries go one at a time; the first one kills the worker twice more.
-    for _ in range(2):
+    for n in range(2):
         batch = read_batch(redis_client, settings, "c1")
         assert batch.source == "own-pending" and [e[0].decode() for e in batch.entries] == [ids[0]]
+        consumers.mark_in_flight(redis_client, settings.stream, "c1", [ids[0].encode()], token=f"killed-{n}")
     results = [drain_batch(redis_client, db, settings, "c1") for _ in range(6)]
     assert [(r.read, r.inserted, r.dead_lettered) for r in results[:5]] == [(1, 0, 1)] + [(1, 1, 0)] * 4
     assert set(dead_letters(db)) == {ids[0]}
@@ -130,9 +141,8 @@ def test_an_overdue_entry_that_was_already_stored_is_acknowledged_not_dead_lette
     enqueue(redis_client, settings, 3)
     batch = read_batch(redis_client, settings, "c1")
     rows = [stream.decode_entry(batch.stream, i, f) for i, f in batch.entries]
-    storage.insert_logs(db, rows, writer="c1")  # then XACK failed
-    for _ in range(3):
-        read_batch(redis_client, settings, "c1")
+    storage.insert_logs(db, rows, writer="c1")  # then the worker died before its XACK, three times
+    die_holding(redis_client, settings, "c1", 3)
     drain_until_nothing_read(redis_client, db, settings, "c1")
     assert dead_letters(db) == {}
     assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 3

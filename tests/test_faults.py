@@ -84,7 +84,7 @@ def make_stack(base_settings, tmp_path, request):
     def make(**env) -> Stack:
         env = {"REDIS_URL": base_settings.redis_url, "DATABASE_URL": base_settings.database_url,
                "KEY_PREFIX": f"{base_settings.key_prefix}{request.node.name}:", "DRAIN_INTERVAL": "0.5",
-               "CLAIM_IDLE_SECONDS": "5", **env}
+               "CONSUMER_LEASE_SECONDS": "3", **env}
         stack = Stack(env, tmp_path)
         stacks.append(stack)
         return stack
@@ -128,6 +128,26 @@ def test_kill_9_every_worker_process_mid_load_then_restart(make_stack, fresh_db,
     assert count(fresh_db) < 20_000  # the kill really interrupted the drain
     stack.start_worker()
     assert_exactly_once([load, after], fresh_db, api)
+
+
+def test_two_workers_started_with_one_node_name_never_share_entries(make_stack, fresh_db, start_load):
+    """A second worker started by hand with the Procfile's node name: its pool processes
+    get consumer names of their own (leases), so neither re-reads what the other has in
+    flight. Without leases, each re-read counted as a delivery and, with MAX_DELIVERIES=1,
+    entries the other worker was storing went to dead_letters too."""
+    stack = make_stack(MAX_DELIVERIES="1")
+    api = stack.start_api(0)
+    stack.start_worker()
+    stack.start_worker(name="worker-by-hand")
+    stack.start_beat()
+    load = start_load(api, target=10_000, tag="twins")
+    load.wait()
+    assert_exactly_once(load, fresh_db, api)
+    settings = load_settings(stack.env)
+    client = redis.Redis.from_url(settings.redis_url)
+    names = [c["name"].decode() for c in client.xinfo_consumers(settings.stream, settings.consumer_group)]
+    client.close()
+    assert len(names) == len(set(names)) and any("~" in name for name in names), names
 
 
 def test_sigterm_lets_the_worker_finish_its_batch(make_stack, fresh_db, start_load):

@@ -52,6 +52,15 @@ def make_redis(settings: Settings, timeout: float | None = None, retries: int = 
     )
 
 
+def make_cache_redis(settings: Settings, stream_client: redis.Redis) -> redis.Redis:
+    """The query cache's Redis: CACHE_REDIS_URL's, else the stream's own client."""
+    if not settings.cache_redis_url:
+        return stream_client
+    return redis.Redis.from_url(settings.cache_redis_url, socket_connect_timeout=settings.redis_timeout,
+                                socket_timeout=settings.redis_timeout, retry=Retry(NoBackoff(), 0),
+                                health_check_interval=30)
+
+
 def make_db_pool(settings: Settings, size: int, name: str, check: bool = False,
                  statement_timeout: float = 10.0) -> ConnectionPool:
     """An unopened pool; the caller opens it (without waiting, so a down database

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
@@ -54,6 +55,18 @@ def _text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
     return raw
+
+
+def _optional_url(*schemes: str) -> Callable[[str], str]:
+    check = _url(*schemes)
+    return lambda raw: raw and check(raw)
+
+
+def _redis_server(url: str) -> tuple:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return ("unix", parts.path)
+    return (parts.hostname, parts.port or 6379)
 
 
 def _any_text(raw: str) -> str:
@@ -97,12 +110,17 @@ class Settings:
     drain_interval: float = _setting(
         "DRAIN_INTERVAL", 1.0, _float(0.05),
         "Seconds between beat-scheduled drain runs; a run that finds a full batch re-triggers itself.")
-    claim_idle_seconds: float = _setting(
-        "CLAIM_IDLE_SECONDS", 60.0, _float(1.0),
-        "Entries pending this long on a consumer are reclaimed (XAUTOCLAIM) by a live worker.")
+    consumer_lease_seconds: float = _setting(
+        "CONSUMER_LEASE_SECONDS", 10.0, _float(1.0),
+        "Lifetime of a drain process's lease on its consumer name (renewed every third of it while "
+        "the process lives); a dead process's entries are reclaimed once its lease lapses.")
     max_deliveries: int = _setting(
         "MAX_DELIVERIES", 10, _int(1),
-        "Deliveries after which an entry that was never stored goes to dead_letters.")
+        "Deliveries that ended with their worker dying (killed, out of memory, hard time limit) after "
+        "which an entry that was never stored goes to dead_letters; failed runs a worker survives never count.")
+    drain_statement_timeout: float = _setting(
+        "DRAIN_STATEMENT_TIMEOUT", 60.0, _float(0.1),
+        "Seconds one drain statement may run (e.g. waiting on a lock) before it fails and the batch is retried.")
     drain_stall_seconds: float = _setting(
         "DRAIN_STALL_SECONDS", 60.0, _float(1.0),
         "/health says degraded (still 200) once the oldest log not yet stored is older than this.")
@@ -127,6 +145,20 @@ class Settings:
     logs_cache_ttl: int = _setting(
         "LOGS_CACHE_TTL", 300, _int(0),
         "Seconds a per-device query result stays cached (0 disables); commits invalidate it at once.")
+    cache_redis_url: str = _setting(
+        "CACHE_REDIS_URL", "", _optional_url("redis", "rediss", "unix"),
+        "Redis for the query cache; empty: the stream's Redis (REDIS_URL). Point it at a separate server "
+        "with an evicting maxmemory-policy (a database number of the same server shares its memory).")
+    cache_max_value_bytes: int = _setting(
+        "CACHE_MAX_VALUE_BYTES", 262_144, _int(0),
+        "Largest query result cached, as JSON bytes; bigger ones are always read from PostgreSQL.")
+    cache_max_variants: int = _setting(
+        "CACHE_MAX_VARIANTS", 8, _int(1),
+        "Cached variants (e.g. `limit` values) per device and version; further ones are not cached.")
+    cache_memory_limit: float = _setting(
+        "CACHE_MEMORY_LIMIT", 0.5, _float(0.0),
+        "While the cache shares the stream's Redis: no new cache entries once Redis uses this fraction of "
+        "its maxmemory, so the cache never pushes ingest to REDIS_MEMORY_HIGH_WATER.")
     stats_cache_ttl: int = _setting(
         "STATS_CACHE_TTL", 60, _int(0),
         "Seconds the table part of /api/stats stays cached (0 disables); commits invalidate it at once.")
@@ -180,6 +212,14 @@ class Settings:
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def cache_shares_stream_redis(self) -> bool:
+        """True unless CACHE_REDIS_URL names another server: another database number of
+        the same server shares its memory and eviction policy, so it is no separation."""
+        if not self.cache_redis_url:
+            return True
+        return _redis_server(self.cache_redis_url) == _redis_server(self.redis_url)
 
     @property
     def stream(self) -> str:

@@ -1,26 +1,57 @@
-"""Query results cached in Redis, invalidated the moment new logs commit.
+"""Query results cached in Redis, invalidated the moment new logs commit, and never
+able to fill the Redis that holds the stream.
 
-The seed cached results for five minutes with no invalidation. Here every
-cached value is keyed by a version number per scope (one per device, one for
-the stats); the drain bumps the versions of the devices in a batch right after
-its commit, so the next read misses and goes to PostgreSQL. A reader that
-raced a commit stores its result under the old version, which nobody reads
-again. Cache trouble never fails a query: it falls back to the database.
+The seed cached results for five minutes with no invalidation. Here every cached
+value lives in a hash per scope (one per device, one for the stats) and version,
+field = variant (e.g. the `limit`). The version is a random token kept in a key of
+its own; the drain deletes the versions of the devices in a batch right after its
+commit, and the next reader draws a new token, so it misses and goes to
+PostgreSQL. Tokens are random, never counters, so a version key that expired or
+was evicted can never bring back values cached under an older one; and a DEL is
+what Redis still executes at maxmemory, when a write (INCR, SET) is refused. A
+reader that raced a commit stores its result under the old token, which nobody
+reads again.
+
+Bounds, so that a client asking for every `limit`, or a dashboard polling busy
+devices, cannot fill Redis: every key has a TTL (version keys included), one value
+is at most CACHE_MAX_VALUE_BYTES, one scope and version holds at most
+CACHE_MAX_VARIANTS values, and while the cache shares the stream's Redis it adds
+nothing once Redis uses CACHE_MEMORY_LIMIT of its maxmemory. CACHE_REDIS_URL moves
+it to a Redis of its own (evicting). Cache trouble never fails a query, nor the
+drain: it falls back to the database, and invalidation is best-effort after the
+XACK (the TTLs bound how stale a missed invalidation can leave a value).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import orjson
 import redis
 
+from collector.core.settings import Settings
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATS_SCOPE = "stats"
+# Seconds between two readings of Redis's memory use by one process (INFO memory).
+MEMORY_CHECK_INTERVAL = 1.0
+
+# Stores a value unless the hash is full of other variants; the TTL is set when the
+# hash is created, so a value never outlives the hash's first one by more than it.
+_STORE = """
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"""
 
 
 def _version_key(prefix: str, scope: str) -> str:
@@ -31,30 +62,70 @@ def device_scope(device_id: str) -> str:
     return f"logs:{device_id}"
 
 
-def cached(
-    client: redis.Redis, prefix: str, scope: str, variant: str, ttl: int, compute: Callable[[], T]
-) -> tuple[T, str]:
-    """`compute()`'s JSON-able result, from the cache when fresh; returns (value, source)."""
-    if ttl <= 0:
-        return compute(), "database"
-    try:
-        version = int(client.get(_version_key(prefix, scope)) or 0)
-        key = f"{prefix}cache:{scope}:{version}:{variant}"
-        hit = client.get(key)
-    except redis.RedisError as exc:
-        log.warning("cache unavailable, reading the database: %s", exc)
-        return compute(), "database"
-    if hit is not None:
-        return orjson.loads(hit), "cache"
-    value = compute()
-    try:
-        client.set(key, orjson.dumps(value), ex=ttl)
-    except redis.RedisError as exc:
-        log.warning("could not cache %s: %s", key, exc)
-    return value, "database"
+class QueryCache:
+    """The cache one process reads and fills; `client` is the cache's Redis."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self._store = client.register_script(_STORE)
+        self._memory_full = False
+        self._next_memory_check = 0.0
+
+    def cached(self, scope: str, variant: str, ttl: int, compute: Callable[[], T]) -> tuple[T, str]:
+        """`compute()`'s JSON-able result, from the cache when fresh; returns (value, source)."""
+        if ttl <= 0:
+            return compute(), "database"
+        prefix = self.settings.key_prefix
+        try:
+            # The current token, or a new one if there is none (SET NX GET: one round trip).
+            token = secrets.token_hex(6)
+            current = self.client.set(_version_key(prefix, scope), token, nx=True, get=True, ex=ttl)
+            key = f"{prefix}cache:{scope}:{(current or token.encode()).decode()}"
+            hit = self.client.hget(key, variant) if current is not None else None
+        except redis.RedisError as exc:  # down, or at maxmemory (the SET is refused): no caching
+            log.warning("cache unavailable, reading the database: %s", exc)
+            return compute(), "database"
+        if hit is not None:
+            return orjson.loads(hit), "cache"
+        value = compute()
+        self._put(key, variant, value, ttl)
+        return value, "database"
+
+    def _put(self, key: str, variant: str, value: object, ttl: int) -> None:
+        s = self.settings
+        data = orjson.dumps(value)
+        if len(data) > s.cache_max_value_bytes or self._redis_is_filling():
+            return
+        try:
+            self._store(keys=[key], args=[variant, data, s.cache_max_variants, ttl])
+        except redis.RedisError as exc:
+            log.warning("could not cache %s: %s", key, exc)
+
+    def _redis_is_filling(self) -> bool:
+        """Whether the stream's Redis is past CACHE_MEMORY_LIMIT (read at most once a second)."""
+        if not self.settings.cache_shares_stream_redis:
+            return False  # a Redis of its own evicts old values by itself
+        now = time.monotonic()
+        if now >= self._next_memory_check:
+            self._next_memory_check = now + MEMORY_CHECK_INTERVAL
+            try:
+                memory = self.client.info("memory")
+            except redis.RedisError:
+                return True
+            maxmemory = memory.get("maxmemory", 0)
+            self._memory_full = bool(maxmemory) and (
+                memory["used_memory"] >= self.settings.cache_memory_limit * maxmemory)
+        return self._memory_full
 
 
-def invalidate(pipe: redis.client.Pipeline, prefix: str, scopes: Iterable[str]) -> None:
-    """Queue version bumps on `pipe` (the caller executes it with its XACK)."""
-    for scope in scopes:
-        pipe.incr(_version_key(prefix, scope))
+def invalidate(client: redis.Redis, prefix: str, scopes: Iterable[str]) -> None:
+    """Forget the versions of these scopes (best-effort: trouble is logged, never raised,
+    so it can never hold up an acknowledgement)."""
+    keys = [_version_key(prefix, scope) for scope in scopes]
+    if not keys:
+        return
+    try:
+        client.delete(*keys)
+    except redis.RedisError as exc:
+        log.warning("cache not invalidated (values may be stale until their TTL): %s", exc)

@@ -4,13 +4,13 @@ The order is the delivery guarantee. Entries stay pending in the consumer
 group until their rows are committed (or their dead letters are); only then
 are they acknowledged, in one XACK. A crash anywhere before the XACK leaves
 them pending: the same consumer reads its pending entries first when it comes
-back, and a live worker reclaims those of a consumer that never comes back
-(XAUTOCLAIM). Re-inserting them is harmless, because ON CONFLICT on the entry's
+back, and a live worker reclaims those of a consumer whose lease lapsed
+(consumers.py). Re-inserting them is harmless, because ON CONFLICT on the entry's
 identity (its stream's key and incarnation, and its id: group.stream_identity)
 turns it into a no-op. So nothing is lost and nothing is stored twice.
 
 Nothing is dropped silently either: an entry that is not ours, that PostgreSQL
-rejects, or that keeps being delivered without ever being stored goes to the
+rejects, or that keeps killing the workers that take it goes to the
 dead_letters table with the reason, and is acknowledged only once it is there.
 """
 
@@ -27,7 +27,7 @@ import redis
 
 from collector.core import metrics
 from collector.core.settings import Settings
-from collector.pipeline import cache, counters
+from collector.pipeline import cache, consumers, counters
 from collector.pipeline.codec import MalformedEntry, decode_entry, payload_of
 from collector.pipeline.group import ensure_group, epoch_key, stream_identity
 from collector.store import deadletters
@@ -52,9 +52,9 @@ class DrainResult:
         return self.read - self.inserted - self.dead_lettered
 
 
-# Entries delivered this often without being stored may be what kills workers: they
-# are then taken one at a time, so only the culprit's delivery count climbs to
-# MAX_DELIVERIES and the rest of its batch is stored.
+# Entries that this many workers died holding may be what kills them: they are then
+# taken one at a time, so only the culprit's deaths climb to MAX_DELIVERIES and the
+# rest of its batch is stored.
 SUSPECT_AFTER = 3
 
 
@@ -67,34 +67,35 @@ class Batch(NamedTuple):
     entries: list[Entry]
     source: str  # new | own-pending | reclaimed
     stream: str  # the entries' stream identity (group.stream_identity); "" when there are none
+    deaths: dict[bytes, int] = {}  # workers that died holding each entry (consumers.py); absent: none
 
 
 def _read_with_identity(client: redis.Redis, settings: Settings,
-                        queue_read: Callable[[redis.client.Pipeline], object]) -> tuple[object, str]:
-    """Run one read command in a MULTI with the stream's epoch, so the entries and the
-    identity they are stored under come from the same Redis, whatever replaces it when."""
-    pipe = client.pipeline(transaction=True)
+                        queue_read: Callable[[redis.client.Pipeline], object]) -> tuple[list, str]:
+    """Run read commands in one pipeline with the reading of the stream's epoch, so the
+    entries and the identity they are stored under come from the same Redis, whatever
+    replaces it when: a pipeline goes over one connection, and a retry resends all of it.
+    Not a MULTI: at maxmemory Redis refuses every command queued in a MULTI, and the
+    drain, which frees memory, must go on then."""
+    pipe = client.pipeline(transaction=False)
     pipe.get(epoch_key(settings.stream))
     queue_read(pipe)
-    epoch, reply = pipe.execute(raise_on_error=False)
+    epoch, *replies = pipe.execute(raise_on_error=False)
     if isinstance(epoch, Exception):
         raise epoch
-    return reply, stream_identity(client, settings.stream, epoch)
+    return replies, stream_identity(client, settings.stream, epoch)
 
 
-def _xreadgroup(client: redis.Redis, settings: Settings, consumer: str, start: str,
-                count: int | None = None) -> tuple[list[Entry], str]:
-    reply, identity = _read_with_identity(client, settings, lambda pipe: pipe.xreadgroup(
-        settings.consumer_group, consumer, {settings.stream: start}, count=count or settings.batch_size))
+def _new_entries(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
+    [reply], identity = _read_with_identity(client, settings, lambda pipe: pipe.xreadgroup(
+        settings.consumer_group, consumer, {settings.stream: ">"}, count=settings.batch_size))
     if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
         # The stream or group is gone (a fresh or flushed Redis): recreate it; nothing to read yet.
         ensure_group(client, settings.stream, settings.consumer_group)
         return [], identity
     if isinstance(reply, Exception):
         raise reply
-    entries = reply[0][1] if reply else []
-    _ack_vanished(client, settings, [entry_id for entry_id, fields in entries if fields is None])
-    return [(entry_id, fields) for entry_id, fields in entries if fields is not None], identity
+    return (reply[0][1] if reply else []), identity
 
 
 def _ack_vanished(client: redis.Redis, settings: Settings, ids: list[bytes]) -> None:
@@ -106,102 +107,148 @@ def _ack_vanished(client: redis.Redis, settings: Settings, ids: list[bytes]) -> 
         client.xack(settings.stream, settings.consumer_group, *ids)
 
 
-def _reclaim(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
-    """Entries idle too long on another consumer (a worker that died): take them over."""
-    reply, identity = _read_with_identity(client, settings, lambda pipe: pipe.xautoclaim(
-        settings.stream, settings.consumer_group, consumer,
-        min_idle_time=int(settings.claim_idle_seconds * 1000), start_id="0-0", count=settings.batch_size))
-    if isinstance(reply, redis.ResponseError) and "NOGROUP" in str(reply):
-        return [], identity
-    if isinstance(reply, Exception):
-        raise reply
-    _, entries, deleted = reply
-    _ack_vanished(client, settings, list(deleted))
-    return [(entry_id, fields) for entry_id, fields in entries if fields is not None], identity
-
-
-def _own_pending(client: redis.Redis, settings: Settings, consumer: str) -> tuple[list[Entry], str]:
-    """This consumer's delivered but unacknowledged entries (left by a crash or a failed run)."""
+def _reclaim(client: redis.Redis, settings: Settings, consumer: str) -> Batch:
+    """Entries pending on a consumer whose lease lapsed (a dead process): take them over,
+    with the deaths its in-flight marker proves (consumers.py)."""
+    stream = settings.stream
     try:
-        pending = client.xpending_range(settings.stream, settings.consumer_group, min="-", max="+",
-                                        count=settings.batch_size, consumername=consumer)
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
+        epoch, dead, *claimed = consumers.reclaim_script(client)(
+            keys=[stream, epoch_key(stream), consumers.deaths_key(stream)],
+            args=[settings.consumer_group, consumer, settings.batch_size, consumers.lease_key(stream, ""),
+                  consumers.marker_key(stream, "")])
+    except redis.exceptions.OutOfMemoryError as exc:  # counting a death is a write: after the drain frees memory
+        log.warning("reclaim postponed, Redis is at maxmemory: %s", exc)
+        return Batch([], "reclaimed", "")
+    if not dead:
+        return Batch([], "reclaimed", "")
+    raw, ids, deaths = claimed
+    # A script's reply is raw RESP: fields come as one flat [name, value, ...] list.
+    entries = [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in raw]
+    found = {entry_id for entry_id, _ in entries}
+    # XCLAIM drops the ids of deleted entries from the group by itself: just say so.
+    if vanished := [i for i in ids if i not in found]:
+        log.error("pending entries were deleted from the stream before being stored",
+                  extra={"ids": [i.decode() for i in vanished]})
+    log.warning("reclaimed the entries of a consumer whose lease lapsed",
+                extra={"from": dead.decode(), "entries": len(entries), "consumer": consumer})
+    return Batch(entries, "reclaimed", stream_identity(client, stream, epoch or None),
+                 {i: int(n) for i, n in zip(ids, deaths, strict=True) if n is not None})
+
+
+def _own_pending(client: redis.Redis, settings: Settings, consumer: str) -> Batch:
+    """This consumer's delivered but unacknowledged entries (left by a failed run, or by a
+    predecessor under this name that died), re-read without counting a delivery."""
+    stream = settings.stream
+    pipe = client.pipeline(transaction=False)
+    pipe.xpending_range(stream, settings.consumer_group, min="-", max="+", count=settings.batch_size,
+                        consumername=consumer)
+    pipe.get(consumers.marker_key(stream, consumer))
+    pending, marker = pipe.execute(raise_on_error=False)
+    if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
         # The stream or group is gone (a fresh or flushed Redis): recreate it.
-        ensure_group(client, settings.stream, settings.consumer_group)
-        return [], ""
+        ensure_group(client, stream, settings.consumer_group)
+        return Batch([], "own-pending", "")
+    for reply in (pending, marker):
+        if isinstance(reply, Exception):
+            raise reply
     if not pending:
-        return [], ""
-    suspect = max(p["times_delivered"] for p in pending) >= suspect_after(settings)
-    return _xreadgroup(client, settings, consumer, "0", count=1 if suspect else len(pending))
+        return Batch([], "own-pending", "")
+    ids = [p["message_id"] for p in pending]
+    consumers.bury_predecessor(client, stream, consumer, marker, ids)
+    deaths = consumers.deaths(client, stream, ids)
+    if max(deaths.values(), default=0) >= suspect_after(settings):
+        ids = ids[:1]
+    replies, identity = _read_with_identity(
+        client, settings, lambda pipe: [pipe.xrange(stream, min=i, max=i) for i in ids])
+    entries = []
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+        entries += reply
+    _ack_vanished(client, settings, [i for i, reply in zip(ids, replies, strict=True) if not reply])
+    return Batch(entries, "own-pending", identity, deaths)
 
 
 def read_batch(client: redis.Redis, settings: Settings, consumer: str) -> Batch:
     """Up to BATCH_SIZE entries, from the first source that has any: this consumer's
     unacknowledged entries, entries reclaimed from dead consumers, then new entries."""
-    entries, identity = _own_pending(client, settings, consumer)
-    if entries:
-        return Batch(entries, "own-pending", identity)
-    entries, identity = _reclaim(client, settings, consumer)
-    if entries:
-        return Batch(entries, "reclaimed", identity)
-    entries, identity = _xreadgroup(client, settings, consumer, ">")
+    batch = _own_pending(client, settings, consumer)
+    if batch.entries:
+        return batch
+    batch = _reclaim(client, settings, consumer)
+    if batch.entries:
+        return batch
+    entries, identity = _new_entries(client, settings, consumer)
     return Batch(entries, "new", identity if entries else "")
 
 
-def _delivery_counts(client: redis.Redis, settings: Settings, consumer: str, entries: list[Entry]) -> dict:
-    pending = client.xpending_range(settings.stream, settings.consumer_group, min=entries[0][0],
-                                    max=entries[-1][0], count=len(entries), consumername=consumer)
-    return {p["message_id"]: p["times_delivered"] for p in pending}
+def _after_ack(client: redis.Redis, settings: Settings, duplicates: int, forget: list[bytes]) -> None:
+    """Bookkeeping that may fail without harm: the duplicates counter (informational) and
+    the deaths of entries that are now acknowledged."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        counters.add_drained(pipe, settings, duplicates=duplicates)
+        if forget:
+            pipe.hdel(consumers.deaths_key(settings.stream), *forget)
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("drain bookkeeping skipped after the XACK: %s", exc)
 
 
 def drain_batch(
-    client: redis.Redis, conn: psycopg.Connection, settings: Settings, consumer: str
+    client: redis.Redis, conn: psycopg.Connection, settings: Settings, consumer: str,
+    cache_client: redis.Redis | None = None,
 ) -> DrainResult:
-    """Store one batch and acknowledge it; returns what was read, inserted and dead-lettered."""
+    """Store one batch and acknowledge it; returns what was read, inserted and dead-lettered.
+    `cache_client` is the query cache's Redis when it is not `client` (CACHE_REDIS_URL)."""
     started = time.perf_counter()
-    entries, source, stream = read_batch(client, settings, consumer)
+    batch = read_batch(client, settings, consumer)
+    entries, source, stream = batch.entries, batch.source, batch.stream
     if not entries:
         return DrainResult(0, 0, 0, time.perf_counter() - started, full=False, source=source)
 
-    deliveries = _delivery_counts(client, settings, consumer, entries) if source != "new" else {}
-    if source == "reclaimed" and max(deliveries.values(), default=1) >= suspect_after(settings):
-        entries = entries[:1]  # the rest are ours now, and will be read one at a time
-    overdue = [entry_id.decode() for entry_id, _ in entries if deliveries.get(entry_id, 1) > settings.max_deliveries]
+    ids = [entry_id for entry_id, _ in entries]
+    deaths = batch.deaths
+    if source == "reclaimed" and max(deaths.values(), default=0) >= suspect_after(settings):
+        entries, ids = entries[:1], ids[:1]  # the rest are ours now, and will be read one at a time
+    consumers.mark_in_flight(client, settings.stream, consumer, ids)
+    overdue = [entry_id.decode() for entry_id in ids if deaths.get(entry_id, 0) >= settings.max_deliveries]
     # Rows committed before an XACK that never happened are not poison, just unacknowledged.
     already_stored = storage.stored_stream_ids(conn, stream, overdue) if overdue else set()
     letters: list[tuple[str, dict, str, int]] = []
     rows, fields_by_id = [], {}
     for entry_id, fields in entries:
-        count = deliveries.get(entry_id, 1)
-        if count > settings.max_deliveries and entry_id.decode() not in already_stored:
+        died = deaths.get(entry_id, 0)
+        if died >= settings.max_deliveries and entry_id.decode() not in already_stored:
             letters.append((entry_id.decode(), payload_of(fields),
-                            f"delivered {count} times without being stored (max {settings.max_deliveries})", count))
+                            f"{died} workers died while storing it (MAX_DELIVERIES {settings.max_deliveries})",
+                            died + 1))
             continue
         try:
             rows.append(decode_entry(stream, entry_id, fields))
             fields_by_id[rows[-1][1]] = fields
         except MalformedEntry as exc:
-            letters.append((entry_id.decode(), payload_of(fields), f"malformed entry: {exc}", count))
+            letters.append((entry_id.decode(), payload_of(fields), f"malformed entry: {exc}", died + 1))
 
     outcome = storage.store_rows(conn, rows, writer=consumer)
     for row, error in outcome.rejected:
         letters.append((row[1], payload_of(fields_by_id[row[1]]), f"rejected by PostgreSQL: {error}",
-                        deliveries.get(row[1].encode(), 1)))
+                        deaths.get(row[1].encode(), 0) + 1))
     if letters:
         deadletters.add(conn, stream, letters)
         log.warning("dead-lettered entries", extra={"entries": [(i, reason) for i, _, reason, _ in letters]})
 
     inserted = sum(outcome.inserted.values())
     devices = {row[2] for row in rows}
-    # MULTI/EXEC: if Redis refuses the cache bumps (out of memory), it refuses the XACK
-    # too, so the entries stay pending and the caches can never be left stale.
-    pipe = client.pipeline(transaction=True)
-    cache.invalidate(pipe, settings.key_prefix, [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
-    counters.add_drained(pipe, settings, duplicates=len(rows) - inserted - len(outcome.rejected))
-    pipe.xack(settings.stream, settings.consumer_group, *[entry_id for entry_id, _ in entries])
-    pipe.execute()
+    # Before the XACK, so a log is in the next query once its entry is acknowledged; on
+    # the cache's Redis, best-effort: cache trouble can never hold up an acknowledgement.
+    cache.invalidate(cache_client or client, settings.key_prefix,
+                     [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
+    # On its own: XACK is one of the commands Redis still runs at maxmemory, so a full
+    # Redis (which refuses the bookkeeping below) never stops the drain.
+    client.xack(settings.stream, settings.consumer_group, *ids)
+    _after_ack(client, settings, duplicates=len(rows) - inserted - len(outcome.rejected),
+               forget=[i for i in ids if i in deaths])
 
     result = DrainResult(len(entries), inserted, len(letters), time.perf_counter() - started,
                          # recovering: go on at once rather than one entry per tick

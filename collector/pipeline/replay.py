@@ -28,7 +28,8 @@ class ReplayResult:
 
 
 def replay(conn: psycopg.Connection, client: redis.Redis, settings: Settings, ids: list[int] | None) -> ReplayResult:
-    """Store the dead letters with these ids (all when None); see the module doc."""
+    """Store the dead letters with these ids (all when None); see the module doc. `client`
+    is the query cache's Redis (its entries for the replayed devices are invalidated)."""
     failures: list[tuple[int, str]] = []
     with conn.transaction():
         letters = deadletters.lock_for_replay(conn, ids)
@@ -49,7 +50,5 @@ def replay(conn: psycopg.Connection, client: redis.Redis, settings: Settings, id
         deadletters.delete(conn, stored)
         deadletters.record_failures(conn, failures)
     devices = {row[2] for row in rows}
-    pipe = client.pipeline(transaction=False)
-    cache.invalidate(pipe, settings.key_prefix, [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
-    pipe.execute()
+    cache.invalidate(client, settings.key_prefix, [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
     return ReplayResult(stored=len(stored), still_failing=len(failures))

@@ -12,11 +12,12 @@ from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 
 from collector.core import metrics
-from collector.core.clients import check_eviction_policy, make_db_pool, make_redis
+from collector.core.clients import check_eviction_policy, make_cache_redis, make_db_pool, make_redis
 from collector.core.logging_setup import configure_logging, log_context
 from collector.core.settings import Settings, load_settings
 from collector.pipeline import counters
 from collector.pipeline.backpressure import Gate
+from collector.pipeline.cache import QueryCache
 from collector.pipeline.keyring import Keyring
 from collector.pipeline.producer import Appender
 from collector.web import auth
@@ -54,7 +55,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     check_eviction_policy(client)
     appender = Appender(client, settings.stream, counters.accepted_counter(settings))
     app.extensions["collector"] = Backends(redis=client, db=db, gate=Gate(settings), appender=appender,
-                                           keyring=Keyring(client, settings))
+                                           keyring=Keyring(client, settings),
+                                           cache=QueryCache(make_cache_redis(settings, client), settings))
 
     register_error_handlers(app)
     _instrument(app)

@@ -10,6 +10,7 @@ from psycopg_pool import ConnectionPool
 
 from collector.core.settings import Settings
 from collector.pipeline.backpressure import Gate
+from collector.pipeline.cache import QueryCache
 from collector.pipeline.keyring import Keyring
 from collector.pipeline.producer import Appender
 
@@ -21,6 +22,7 @@ class Backends:
     gate: Gate
     appender: Appender
     keyring: Keyring
+    cache: QueryCache
 
 
 def backends() -> Backends:

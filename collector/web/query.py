@@ -39,8 +39,7 @@ def device_logs(device_id: str):
         with b.db.connection() as conn:
             return _log_out.dump(storage.device_logs(conn, device_id, limit))
 
-    data, source = cache.cached(b.redis, s.key_prefix, cache.device_scope(device_id), str(limit),
-                                s.logs_cache_ttl, from_database)
+    data, source = b.cache.cached(cache.device_scope(device_id), str(limit), s.logs_cache_ttl, from_database)
     return {"total": len(data), "source": source, "data": data}
 
 
@@ -60,8 +59,7 @@ def stats():
         with b.db.connection() as conn:
             return {**storage.table_stats(conn), "dead_lettered": deadletters.count(conn)}
 
-    table, source = cache.cached(b.redis, s.key_prefix, cache.STATS_SCOPE, "table", s.stats_cache_ttl,
-                                 from_database)
+    table, source = b.cache.cached(cache.STATS_SCOPE, "table", s.stats_cache_ttl, from_database)
     dead_lettered = table.pop("dead_lettered")
     pipeline = pipeline_stats(b.redis, s.stream, s.consumer_group)
     pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **counters.read(b.redis, s))
