@@ -18,7 +18,8 @@ $(BIN)/activate: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(BIN)/activate
 
-install: $(BIN)/activate ## Create .venv/ with the project (editable) and its test and dev tools
+install: $(BIN)/activate ## Create .venv/ with the project (editable) and its test and dev tools; check for redis-server, PostgreSQL and nginx
+	@$(BIN)/python -m collector.devtools.syscheck
 
 migrate: install ## Create the database if needed and apply migrations/ (idempotent)
 	$(BIN)/python -m collector.migrate
@@ -26,9 +27,8 @@ migrate: install ## Create the database if needed and apply migrations/ (idempot
 demo-keys: migrate ## Create (once) the demo fleet, reader and admin keys in var/demo-keys.env
 	$(BIN)/python -m collector.devtools.demo_keys
 
-run: demo-keys ## Run the whole stack in the foreground: api1 :8001, api2 :8002, worker, beat, flower :5555, nginx :18723
-	@command -v nginx >/dev/null || command -v /usr/sbin/nginx >/dev/null || { echo "nginx is not installed: sudo apt-get install -y nginx (or brew install nginx)"; exit 1; }
-	$(BIN)/honcho start -f Procfile
+run: install ## Run the whole stack in the foreground (api1 :8001, api2 :8002, worker, beat, flower :5555, nginx :18723), starting a Redis and a PostgreSQL of its own where none answer
+	@$(BIN)/python -m collector.devtools.run
 
 test: install ## Run the whole test suite against the local Redis and PostgreSQL (isolated namespaces)
 	$(BIN)/pytest

@@ -27,6 +27,7 @@ from bench.probes import DirectProbe, HttpProbe, Probe, Processes
 from bench.report import write_results
 from bench.stack import Stack, delete_namespace, prepare_own_namespace, start_stack
 from bench.targets import judge
+from collector.devtools.servers import ensure_servers, stop_servers
 
 
 @contextlib.contextmanager
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "phases": [], "drain": None, "end": {},
     }
     failed = False
+    own_servers: list = []
     with terminate_cleanly():
         try:
             if existing is not None:
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"using the stack already answering on :{args.port}")
             else:
                 database_url, db_ours, prefix, prefix_ours = choose_namespace(args)
+                # Where nothing answers at a loopback address, the same servers `make run` starts.
+                own_servers = ensure_servers(target_redis_url(), database_url, say=log)
                 target = Target(started=True, base_url=base_url, database_url=database_url, key_prefix=prefix,
                                 wipe_database=db_ours, wipe_redis=prefix_ours)
                 stack = Stack(args, target, run_dir)
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                 # the bench's database stays for inspection until the next run.
                 with contextlib.suppress(Exception):
                     delete_namespace(target.key_prefix)
+            if own_servers:
+                log("stopping our own Redis and PostgreSQL")
+                stop_servers(own_servers)
 
     report["phases"] = [asdict(p) for p in report["phases"]]
     if report["drain"] is not None:

@@ -21,11 +21,28 @@ import redis
 from psycopg import sql
 
 from collector.core.settings import Settings, load_settings
+from collector.devtools.servers import ensure_servers, stop_servers
 from collector.store.migrations import migrate
 from collector.web.app import create_app
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+_own_servers: list = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Where nothing answers at the loopback test addresses, the suite brings a Redis and
+    a PostgreSQL of its own (collector.devtools.servers, as `make run` does), stopped at
+    the end: `make install && make test` on a machine with no servers running."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = (lambda m: reporter.write_line(f"[tests] {m}")) if reporter else print
+    _own_servers.extend(ensure_servers(REDIS_URL, ADMIN_DATABASE_URL, say=say))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_servers(_own_servers)
 
 
 def database_url(name: str) -> str:

@@ -3,21 +3,17 @@ nginx, and throwaway Redis or PostgreSQL servers for tests that must stop one.""
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import psycopg
-import redis
 import requests
 
-from collector.devtools.processes import ROOT, Process, free_port, redis_server_binary, wait_until
+from collector.devtools.processes import ROOT, Process, free_port, wait_until
+from collector.devtools.servers import PostgresServer, RedisServer
 from collector.store.migrations import migrate
 
 # The virtualenv's scripts (gunicorn, celery, locust), beside the running interpreter.
@@ -102,68 +98,26 @@ class Stack:
         return self.procs[name].output()[-chars:]
 
 
-class ThrowawayRedis:
-    """A Redis with an append-only file fsynced on every write, so a clean stop and
-    start keeps the stream, like the Redis we ship in docker-compose."""
+class ThrowawayRedis(RedisServer):
+    """A Redis of the test's own on a free port, with an append-only file fsynced on
+    every write, so a clean stop and start keeps the stream, like the Redis we ship in
+    docker-compose; `args` adds redis-server options (e.g. a small --maxmemory)."""
 
     def __init__(self, log_dir: Path, *args: str) -> None:
-        self.port = free_port()
-        self.args = args  # more redis-server options, e.g. "--maxmemory", "8mb"
-        self.dir = log_dir / "redis-data"
-        self.dir.mkdir(exist_ok=True)
-        self.log_dir = log_dir
-        self.proc: Process | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        name = f"redis-{self.port}-{os.urandom(2).hex()}"
-        self.proc = Process(name, [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction",
-            *self.args,
-        ], os.environ.copy(), self.log_dir / f"{name}.log").start()
-        wait_until(lambda: redis.Redis(port=self.port).ping(), 20, "throwaway Redis")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()  # SIGTERM: Redis flushes the AOF and exits cleanly
-            self.proc = None
+        super().__init__(free_port(), log_dir / "redis-data", *args, fsync="always")
 
 
-class ThrowawayPostgres:
-    """A PostgreSQL cluster of our own (initdb in a temp dir, run as the postgres user,
-    since PostgreSQL refuses root), so a test can stop it without touching the shared one."""
+class ThrowawayPostgres(PostgresServer):
+    """A PostgreSQL cluster of the test's own (initdb in a temp dir), so a test can stop it
+    without touching the shared one."""
 
     def __init__(self) -> None:
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-        if not bins:
-            raise RuntimeError("PostgreSQL server binaries not found under /usr/lib/postgresql")
-        self.bin = Path(bins[-1])
-        self.port = free_port()
         # Not under pytest's tmp dirs: those are private to root, and the server runs as postgres.
-        self.dir = Path(tempfile.mkdtemp(prefix="collector-test-pg-"))
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/logs"
-        self._as_postgres = []
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            os.chown(self.dir, user.pw_uid, user.pw_gid)
-            self._as_postgres = ["runuser", "-u", "postgres", "--"]
-        subprocess.run([*self._as_postgres, str(self.bin / "initdb"), "-D", str(self.dir), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        super().__init__(free_port(), Path(tempfile.mkdtemp(prefix="collector-test-pg-")))
+        self.init()
 
-    def start(self) -> None:
-        subprocess.run([*self._as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-l",
-                        str(self.dir / "server.log"), "-o",
-                        f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                       check=True, capture_output=True)
-
-    def stop(self, mode: str = "fast") -> None:
-        subprocess.run([*self._as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-m", mode,
-                        "stop"], capture_output=True)
-
-    def remove(self) -> None:
-        self.stop("immediate")
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def start(self) -> ThrowawayPostgres:
+        return super().start(options="-c fsync=off")
 
     def migrate(self) -> None:
         migrate(self.url)
