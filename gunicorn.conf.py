@@ -16,7 +16,9 @@ if _own_metrics_dir:
 
 wsgi_app = "collector.web.app:create_app()"
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8001')}")
-worker_class = "gevent"
+# Gunicorn's gevent worker, but the requests Gunicorn refuses itself get our JSON shape
+# instead of its HTML page (collector/web/gunicorn_worker.py).
+worker_class = "collector.web.gunicorn_worker.JsonErrorWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
 # Longer than nginx's upstream keepalive_timeout so nginx, not us, closes idle connections.
@@ -24,9 +26,23 @@ keepalive = 75
 timeout = 30
 graceful_timeout = 20
 backlog = 2048
-# As long as nginx's large_client_header_buffers (8 KiB), so an over-long URL gets
-# our JSON 404/422 rather than Gunicorn's HTML 400.
+# Request limits: nginx enforces every limit on the request line and headers (and
+# answers JSON: docs/limits.md); these are strictly looser than anything nginx can
+# forward, so a request that passed nginx is never refused for its size here.
+# - The request line: 8190 is Gunicorn's ceiling. nginx's large_client_header_buffers
+#   (8190 bytes, line end included) lets through lines of at most 8189 bytes, and
+#   forwards the line unchanged or shorter (it refuses HTTP/0.9, the one form it
+#   would lengthen by appending " HTTP/1.1").
+# - One header line: nginx forwards at most 8189 bytes, plus the space it puts after
+#   the colon when the client left it out; twice its buffer leaves a wide margin.
+# - The header count: Gunicorn's ceiling. nginx holds at most 4 x 8190 bytes of
+#   headers, so at most ~11,000 of the shortest lines ("a:"), fewer where it also
+#   counts them (max_headers, 1000 by default).
+# Hit directly (the API ports are never published), Gunicorn may buffer up to
+# fields x field size bytes of headers before refusing them (docs/limits.md).
 limit_request_line = 8190
+limit_request_field_size = 16384
+limit_request_fields = 32768
 accesslog = os.environ.get("ACCESS_LOG") or None
 # JSON lines, with nginx's request id so the two access logs can be joined.
 access_log_format = ('{"remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": %(s)s, '

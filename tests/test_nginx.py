@@ -2,8 +2,9 @@
 (tests/test_nginx_config.py runs `nginx -t` on it; here it has to work).
 
 What devices rely on: requests are proxied to both instances; nginx's own errors
-(413 before proxying, 429 from the rate limit, 502 with no instance left) are
-JSON in the API's shape, with Retry-After where retrying later helps; a killed
+(413 before proxying, 429 from the rate limit, 502 with no instance left; the
+malformed and oversized requests are in tests/test_front_door.py) are JSON in the
+API's shape, with Retry-After where retrying later helps; a killed
 instance costs no request (connections it refuses are retried on the other one,
 POSTs included) and comes back once restarted; the access log is JSON lines with
 the upstream timings.
@@ -198,9 +199,10 @@ def test_chunked_body_over_the_limit_gets_json_413(front):
     assert_nginx_413(response)
 
 
-def test_headers_too_large_get_json_400(front):
+def test_headers_too_large_get_json_431(front):
+    # nginx's own 494, answered as the standard 431 (tests/test_front_door.py: the rest of the class)
     response = requests.get(f"{front['url']}/health", headers={"X-Big": "b" * 9000}, timeout=10)
-    assert_json_error(response, 400, "headers_too_large")
+    assert_json_error(response, 431, "headers_too_large")
 
 
 # --- 429 -------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
     {"error": "<code>", "message": "<human text>", "fields": {...}}   (fields only for validation)
 
-Devices parse JSON, so even Flask's own 404/405/413 are rewritten here.
+Devices parse JSON, so even Flask's own 404/405/413 are rewritten here. The answers
+made before a request reaches Flask have the same shape: nginx's own
+(nginx/collector.conf.template) and Gunicorn's (collector/web/gunicorn_worker.py);
+docs/limits.md lists them all.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import psycopg
 import psycopg_pool
 import redis
 from flask import Flask, jsonify, request
+from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -91,6 +95,16 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(503, "database_unavailable",
                               f"PostgreSQL is unavailable ({type(exc).__name__}); retry later",
                               retry_after=retry_after)
+
+    # Gunicorn decodes a chunked body while the view reads it, so a malformed one is
+    # the client's error raised inside the app (behind nginx it never is: nginx reads
+    # the whole body and sends it with a Content-Length).
+    @app.errorhandler(InvalidChunkSize)
+    @app.errorhandler(ChunkMissingTerminator)
+    @app.errorhandler(InvalidChunkExtension)
+    def malformed_chunked_body(exc: Exception):
+        _count_if_rejected_log(400, "bad_request")
+        return error_response(400, "bad_request", f"The chunked request body is malformed: {exc}"[:300])
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
