@@ -6,6 +6,8 @@ import re
 
 from openapi_spec_validator import validate
 
+from collector.web.logdata import MAX_DEPTH, MAX_INT, MIN_INT
+
 
 def test_openapi_is_valid_and_lists_every_route(client, app):
     spec = client.get("/openapi.json").get_json()
@@ -21,6 +23,18 @@ def test_request_schemas_come_from_marshmallow(client):
     assert set(schemas["LogIn"]["required"]) == {"device_id", "log_level", "message"}
     assert schemas["LogIn"]["properties"]["message"]["maxLength"] == 10_000
     assert schemas["BatchIn"]["properties"]["logs"]["maxItems"] == 1000
+
+
+def test_the_accepted_values_are_stated(client):
+    """What ingest accepts (collector.web.schemas) is what the document says."""
+    log_in = client.get("/openapi.json").get_json()["components"]["schemas"]["LogIn"]["properties"]
+    data = log_in["log_data"]
+    assert (data["x-integer-minimum"], data["x-integer-maximum"], data["x-max-depth"]) == (
+        MIN_INT, MAX_INT, MAX_DEPTH)
+    assert "16384 bytes" in data["description"] and "NUL" in data["description"]
+    assert "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z" in log_in["timestamp"]["description"]
+    assert "microsecond" in log_in["timestamp"]["description"]
+    assert log_in["message"]["pattern"] == log_in["boot_id"]["pattern"] == "^[^\\u0000]*$"
 
 
 def test_docs_page_and_its_assets_are_served_locally(client):

@@ -94,7 +94,10 @@ class QueryCache:
 
     def _put(self, key: str, variant: str, value: object, ttl: int) -> None:
         s = self.settings
-        data = orjson.dumps(value)
+        try:
+            data = orjson.dumps(value)
+        except orjson.JSONEncodeError:  # what orjson cannot write (the app's JSON writer falls back): not cached
+            return
         if len(data) > s.cache_max_value_bytes or self._redis_is_filling():
             return
         try:

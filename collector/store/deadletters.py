@@ -7,6 +7,7 @@ stream id, so a replay can store exactly the log that was accepted.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 
 import psycopg
 from psycopg.rows import dict_row
@@ -29,15 +30,22 @@ def add(conn: psycopg.Connection, stream: str, letters: Sequence[tuple[str, dict
 
 
 def page(conn: psycopg.Connection, limit: int, after_id: int = 0) -> list[dict]:
+    """Dead letters after `after_id`, times in UTC whatever the session's TimeZone."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """
-            SELECT id, stream, stream_id, payload, reason, delivery_count, first_failed_at, last_failed_at
+            SELECT id, stream, stream_id, payload, reason, delivery_count,
+                   first_failed_at AT TIME ZONE 'UTC' AS first_failed_at,
+                   last_failed_at AT TIME ZONE 'UTC' AS last_failed_at
             FROM dead_letters WHERE id > %s ORDER BY id LIMIT %s
             """,
             (after_id, limit),
         )
-        return cur.fetchall()
+        rows = cur.fetchall()
+    for row in rows:
+        row["first_failed_at"] = row["first_failed_at"].replace(tzinfo=UTC)
+        row["last_failed_at"] = row["last_failed_at"].replace(tzinfo=UTC)
+    return rows
 
 
 def count(conn: psycopg.Connection) -> int:

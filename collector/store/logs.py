@@ -10,13 +10,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 
 from collector.core.model import LEVELS, Row
 from collector.store import sequences
 
+# log_data is a `json` column (migration 0006): PostgreSQL keeps the text ingest
+# wrote, so numbers keep their form (jsonb would print 1e20 as 100000000000000000000
+# and -0.0 as 0.0). Timestamps arrive with an explicit offset, so the session's
+# TimeZone never changes what is stored; reads convert to UTC in SQL for the same reason.
+#
 # A redelivered stream entry is skipped by ON CONFLICT on its stream identity. A
 # numbered row is inserted only if its (device_id, boot_id, seq) was not stored yet
 # (sequences.Claims), so a copy that reached us any other way (an HTTP retry, a
@@ -24,7 +31,7 @@ from collector.store import sequences
 INSERT_LOG = """
     INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at,
                       boot_id, seq)
-    VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::timestamptz, %s::timestamptz, %s, %s)
+    VALUES (%s, %s, %s, %s, %s, %s::json, %s::timestamptz, %s::timestamptz, %s, %s)
     ON CONFLICT (stream, stream_id) DO NOTHING
     RETURNING log_level
 """
@@ -110,18 +117,28 @@ def stored_stream_ids(conn: psycopg.Connection, stream: str, stream_ids: Sequenc
 
 
 def device_logs(conn: psycopg.Connection, device_id: str, limit: int) -> list[dict]:
-    """A device's newest logs first, with the seed's fields."""
+    """A device's newest logs first, with the seed's fields: log_data as the JSON it was
+    sent as, created_at in UTC whatever the session's TimeZone."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """
-            SELECT id, device_id, log_level, message, log_data, created_at
+            SELECT id, device_id, log_level, message, log_data::text AS log_data,
+                   created_at AT TIME ZONE 'UTC' AS created_at
             FROM logs WHERE device_id = %s
-            ORDER BY created_at DESC, id DESC
+            ORDER BY logs.created_at DESC, logs.id DESC  -- qualified: the column (and its index), not the alias
             LIMIT %s
             """,
             (device_id, limit),
         )
-        return cur.fetchall()
+        rows = cur.fetchall()
+    for row in rows:
+        # orjson, as ingest: rows stored as jsonb before migration 0006 print 1e20 as a
+        # 21-digit integer, which orjson reads back as the float it was (the stdlib would
+        # make it an integer no answer can write).
+        if row["log_data"] is not None:
+            row["log_data"] = orjson.loads(row["log_data"])
+        row["created_at"] = row["created_at"].replace(tzinfo=UTC)
+    return rows
 
 
 def table_stats(conn: psycopg.Connection, recent_window: int = 1000, recent_devices: int = 10) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import datetime as dt
+import json
 import logging
 import time
 from typing import Any
@@ -26,6 +28,13 @@ from collector.web.extensions import Backends
 from collector.web.openapi import docs
 from collector.web.routes import api
 
+
+def _isoformat(value: object) -> str:
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 _METHODS = {"GET", "POST", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"}
 
 
@@ -33,7 +42,13 @@ class OrjsonProvider(JSONProvider):
     """orjson for responses: several times faster than the stdlib on the hot path."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:
+            # Only what orjson cannot write: more than its 254 levels of nesting, which a
+            # log stored before log_data's depth limit may reach inside an answer. The
+            # stdlib writes the same JSON, slower; new data never comes here.
+            return json.dumps(obj, default=_isoformat, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)

@@ -2,9 +2,12 @@
 
 Validation is the only guard in front of the stream: whatever these schemas
 accept must later insert into PostgreSQL without error, because the device has
-already been told "queued". So besides types and sizes they reject what
-PostgreSQL cannot store: NUL characters (text and jsonb refuse them) and
-timestamps outside the range both Python and PostgreSQL can represent.
+already been told "queued", and must come back from every read path with the
+same meaning. So besides types and sizes they reject what PostgreSQL cannot
+store (NUL characters: text and jsonb refuse them), what JSON readers cannot
+give back (integers beyond 64 bits, non-finite numbers, nesting deeper than an
+answer can be written) and timestamps that would not be the same instant once
+stored (outside years 1-9999 in UTC, finer than a microsecond).
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import re
 from functools import lru_cache
 from typing import Any
 
-import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from collector.core.model import DEVICE_ID_RE, LEVELS, MAX_BOOT_ID_CHARS, MAX_SEQ
+from collector.web import logdata
 
-# An escaped NUL in compact JSON: "\u0000" preceded by an even number of backslashes.
-_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _UTC = dt.UTC
+
+# A fraction of a second with a non-zero digit past the sixth: fromisoformat would drop
+# it silently, and the instant stored would not be the one sent.
+_SUB_MICROSECOND = re.compile(r"[.,]\d{6}\d*[1-9]")
 
 
 class Level(fields.String):
@@ -35,51 +40,88 @@ class Level(fields.String):
 
 
 class Text(fields.String):
-    """A string PostgreSQL can store: no NUL characters."""
+    """A string PostgreSQL can store: no NUL characters, no lone surrogates."""
+
+    def __init__(self, orjson_parsed: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.orjson_parsed = orjson_parsed
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if "\x00" in text:
             raise ValidationError("Must not contain NUL characters.")
+        # orjson refuses lone surrogates, so only other input needs the check (isascii is O(1)).
+        if not self.orjson_parsed and not text.isascii() and not logdata.is_unicode(text):
+            raise ValidationError("Must be Unicode text (no lone surrogates).")
         return text
 
 
 class UtcDateTime(fields.DateTime):
-    """An ISO 8601 timestamp, returned in UTC; one without an offset is taken as UTC."""
+    """An ISO 8601 timestamp (datetime.fromisoformat's forms), returned in UTC; one without
+    an offset is taken as UTC. It must be an instant of years 1-9999 in UTC, to the
+    microsecond: that is what Python and PostgreSQL both hold exactly."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.datetime:
-        moment = super()._deserialize(value, attr, data, **kwargs)
+        moment = super()._deserialize(value, attr, data, **kwargs)  # refuses second 60 and hour 24
+        if _SUB_MICROSECOND.search(value):
+            raise ValidationError("More precise than a microsecond, which is all that is stored; "
+                                  "round it to 6 fractional digits.")
         try:
             if moment.tzinfo is None:
                 return moment.replace(tzinfo=_UTC)
             return moment.astimezone(_UTC)
         except (OverflowError, ValueError):
-            raise ValidationError("Out of the representable range of timestamps.") from None
+            raise ValidationError("Out of the representable range of timestamps "
+                                  "(0001-01-01 to 9999-12-31 in UTC).") from None
 
 
 class LogData(fields.Dict):
-    """Free-form JSON object, kept as its compact JSON text for the stream."""
+    """Free-form JSON object, kept as its compact JSON text for the stream and the table
+    (which stores that text as it is, so numbers keep their form: 1e20 stays a float)."""
 
-    def __init__(self, max_bytes: int, **kwargs: Any) -> None:
+    def __init__(self, max_bytes: int, orjson_parsed: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_bytes = max_bytes
+        self.orjson_parsed = orjson_parsed
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bytes:
-        mapping = super()._deserialize(value, attr, data, **kwargs)
+        if not isinstance(value, dict):
+            raise self.make_error("invalid")
         try:
-            encoded = orjson.dumps(mapping)
-        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
-            raise ValidationError(f"Cannot be stored as JSON: {exc}.") from None
+            encoded = logdata.encode(value, self.orjson_parsed)
+        except logdata.Refused as refused:
+            raise ValidationError(str(refused)) from None
         if len(encoded) > self.max_bytes:
             raise ValidationError(f"Longer than {self.max_bytes} bytes as JSON.")
-        if b"\\u0000" in encoded and _JSON_NUL.search(encoded):
-            raise ValidationError("Must not contain NUL characters.")
         return encoded
 
 
-@lru_cache(maxsize=8)
-def log_schema(max_message_chars: int, max_log_data_bytes: int) -> Schema:
-    """One log as a device sends it; `load` returns a dict ready for the stream codec."""
+LOG_DATA_DESCRIPTION = (
+    "A JSON object, at most {max_bytes} bytes as compact JSON and nested at most {depth} levels deep. "
+    "Integers anywhere in it must lie between -2^63 and 2^64-1 (a longer one is refused: send it as a "
+    "float or a string); other numbers are IEEE 754 doubles (finite; a literal is read as the nearest "
+    "double). Strings and keys: any Unicode text without NUL (U+0000). It comes back with the same "
+    "meaning: integers as integers, floats as floats (1e20 as 1e+20, -0.0 with its sign), keys in order.")
+TIMESTAMP_DESCRIPTION = (
+    "When the log was made: ISO 8601 (as Python's datetime.fromisoformat reads it, e.g. "
+    "2024-05-01T12:00:00.123456+02:00 or ...Z); without an offset it is UTC. It must be an instant "
+    "from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z, to the microsecond (more fractional "
+    "digits only if they are zeros); offsets up to +-23:59:59.999999; no leap second (:60). "
+    "It becomes created_at, returned in UTC; without it the receive time does.")
+
+
+def log_schema(max_message_chars: int, max_log_data_bytes: int, orjson_parsed: bool = False) -> Schema:
+    """One log as a device sends it; `load` returns a dict ready for the stream codec.
+
+    orjson_parsed: the input comes from orjson.loads, which refuses lone surrogates
+    (their check is skipped) but reads an integer beyond 64 bits as a float (so a float
+    that large in log_data raises logdata.AmbiguousNumber: load the exactly parsed body instead).
+    """
+    return _log_schema(max_message_chars, max_log_data_bytes, orjson_parsed)  # one instance per arguments
+
+
+@lru_cache(maxsize=16)
+def _log_schema(max_message_chars: int, max_log_data_bytes: int, orjson_parsed: bool) -> Schema:
 
     class LogIn(Schema):
         class Meta:
@@ -92,17 +134,22 @@ def log_schema(max_message_chars: int, max_log_data_bytes: int) -> Schema:
                 error="Must be 1-100 characters: letters, digits and . _ : @ - (starting with a letter or digit).",
             ),
         )
-        log_level = Level(required=True)
-        message = Text(required=True, validate=validate.Length(min=1, max=max_message_chars))
-        log_data = LogData(max_log_data_bytes, load_default=None, allow_none=True)
-        timestamp = UtcDateTime(load_default=None, allow_none=True)
+        log_level = Level(required=True, metadata={"description": f"One of {', '.join(LEVELS)}, in any case."})
+        message = Text(orjson_parsed, required=True, validate=validate.Length(min=1, max=max_message_chars),
+                       metadata={"pattern": "^[^\\u0000]*$", "description": "Unicode text without NUL (U+0000)."})
+        log_data = LogData(max_log_data_bytes, orjson_parsed, load_default=None, allow_none=True, metadata={
+            "description": LOG_DATA_DESCRIPTION.format(max_bytes=max_log_data_bytes, depth=logdata.MAX_DEPTH),
+            "x-max-depth": logdata.MAX_DEPTH,
+            "x-integer-minimum": logdata.MIN_INT, "x-integer-maximum": logdata.MAX_INT})
+        timestamp = UtcDateTime(load_default=None, allow_none=True, metadata={"description": TIMESTAMP_DESCRIPTION})
         seq = fields.Integer(
             strict=True, allow_none=True, validate=validate.Range(min=0, max=MAX_SEQ),
             metadata={"description": "The device's number for this log, unique within boot_id; a copy with "
                                      "the same (device_id, boot_id, seq) is stored only once."})
         boot_id = Text(
-            allow_none=True, validate=validate.Length(min=1, max=MAX_BOOT_ID_CHARS),
-            metadata={"description": "Names one run of the device's seq counter (e.g. a boot); required with seq."})
+            orjson_parsed, allow_none=True, validate=validate.Length(min=1, max=MAX_BOOT_ID_CHARS),
+            metadata={"description": "Names one run of the device's seq counter (e.g. a boot); required with seq. "
+                                     "Unicode text without NUL.", "pattern": "^[^\\u0000]*$"})
 
     return LogIn()
 
@@ -122,10 +169,16 @@ def check_sequence_pairs(logs: list[dict], in_batch: bool) -> None:
         raise ValidationError({"logs": errors} if in_batch else errors[0])
 
 
-@lru_cache(maxsize=8)
-def batch_schema(max_batch_logs: int, max_message_chars: int, max_log_data_bytes: int) -> Schema:
+def batch_schema(max_batch_logs: int, max_message_chars: int, max_log_data_bytes: int,
+                 orjson_parsed: bool = False) -> Schema:
     """A batch: every entry is validated, and one bad entry rejects the batch."""
-    item = log_schema(max_message_chars, max_log_data_bytes)
+    return _batch_schema(max_batch_logs, max_message_chars, max_log_data_bytes, orjson_parsed)
+
+
+@lru_cache(maxsize=16)
+def _batch_schema(max_batch_logs: int, max_message_chars: int, max_log_data_bytes: int,
+                  orjson_parsed: bool) -> Schema:
+    item = log_schema(max_message_chars, max_log_data_bytes, orjson_parsed)
 
     class BatchIn(Schema):
         class Meta:
@@ -147,8 +200,10 @@ class LogOut(Schema):
     device_id = fields.String()
     log_level = fields.String()
     message = fields.String()
-    log_data = fields.Raw(allow_none=True)
-    created_at = fields.DateTime()
+    log_data = fields.Raw(allow_none=True, metadata={
+        "type": "object", "description": "The log_data sent, with the same meaning (see LogIn)."})
+    created_at = fields.DateTime(metadata={
+        "description": "The log's timestamp (or its receive time), in UTC (+00:00), to the microsecond."})
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,1 @@
+ALTER TABLE logs ALTER COLUMN log_data TYPE jsonb USING log_data::jsonb;

@@ -1,0 +1,12 @@
+-- depends: 0005.device-keys
+-- log_data becomes `json`: PostgreSQL keeps the text the API validated, so what was
+-- accepted comes back unchanged. jsonb re-prints numbers as decimals, so 1e20 came back
+-- as the integer 100000000000000000000 (beyond 64 bits: orjson could not write the
+-- answer, a 500), 1e16 as an integer and -0.0 as 0.0. Nothing queries inside log_data,
+-- so jsonb's operators and indexes are not missed; inserting json is also cheaper (it is
+-- only checked, not converted). Rows stored before keep jsonb's rendering; the read
+-- path reads them back with orjson, which turns a 21-digit integer back into a float.
+--
+-- The type change rewrites the table under an ACCESS EXCLUSIVE lock: ingest goes on
+-- (it only touches Redis), reads and the drain wait until it is done.
+ALTER TABLE logs ALTER COLUMN log_data TYPE json USING log_data::json;
