@@ -50,6 +50,9 @@ DEFAULTS = {
     "LISTEN": "127.0.0.1:18723",
     "RATE_LIMIT": "10000r/s",
     "RATE_BURST": "2000",
+    # Fixed loopback addresses: nothing to re-resolve (and Debian's nginx 1.22 has no `resolve`).
+    "UPSTREAM_RESOLVE": "",
+    "UPSTREAM_RESOLVER": "",
 }
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from collector.devtools.processes import ROOT
 from tests.deployment import (
     COMPOSE_FILE,
     DOCKERFILE,
@@ -201,6 +202,23 @@ def test_api_instances_are_reached_only_through_nginx(services: dict):
         assert nginx_env[f"API{number}_ADDR"] == f"{name}:8000"
         assert "http://127.0.0.1:8000/livez" in " ".join(tokens(api["healthcheck"]["test"]))
         assert depends_on(services["nginx"])[name]["condition"] == "service_healthy"
+
+
+def test_recreating_one_api_container_does_not_restart_nginx(services: dict):
+    """Hardening item 8: a `restart: true` dependency would restart nginx (dropping the
+    other instance's requests) whenever compose recreates an API container; instead
+    nginx re-resolves the API names at run time (`resolve`, nginx >= 1.27.3)."""
+    nginx = services["nginx"]
+    for name in API_SERVICES:
+        assert "restart" not in depends_on(nginx)[name], f"recreating {name} would restart nginx"
+    env = environment(nginx)
+    assert env["UPSTREAM_RESOLVE"] == "resolve"
+    assert env["UPSTREAM_RESOLVER"].startswith("resolver 127.0.0.11 ")  # Docker's embedded DNS
+    version = re.match(r"nginx:(\d+)\.(\d+)", nginx["image"])
+    assert version and (int(version[1]), int(version[2])) >= (1, 28), nginx["image"]
+    template = (ROOT / "nginx" / "collector.conf.template").read_text()
+    upstream = template[template.index("upstream collector_api"):template.index("server {")]
+    assert upstream.count("${UPSTREAM_RESOLVE};") == 2 and "${UPSTREAM_RESOLVER}" in upstream
 
 
 # --- compose: data safety ------------------------------------------------------------
