@@ -42,9 +42,31 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # Replay talks to Redis only to invalidate the query cache.
         client = make_cache_redis(settings, make_redis(settings, timeout=5.0))
-        result = replay(conn, client, settings, None if args.all else args.ids)
+        result = replay_in_chunks(conn, client, settings, args.ids)
         print(f"stored {result.stored} dead letter(s); {result.still_failing} still failing (see `list`)")
     return 1 if result.still_failing else 0
+
+
+# Dead letters per replay transaction: each chunk is stored exactly once or not at all,
+# and a long replay says how far along it is after each.
+CHUNK = 500
+
+
+def replay_in_chunks(conn: psycopg.Connection, client, settings, ids: list[int] | None) -> ReplayResult:
+    """Replay these ids (all when None), CHUNK at a time, with a progress line per chunk."""
+    if ids is None:
+        ids, after = [], 0
+        while rows := deadletters.page(conn, 10_000, after_id=after):
+            ids += [row["id"] for row in rows]
+            after = rows[-1]["id"]
+    stored = failing = 0
+    for start in range(0, len(ids), CHUNK):
+        result = replay(conn, client, settings, ids[start:start + CHUNK])
+        stored, failing = stored + result.stored, failing + result.still_failing
+        if len(ids) > CHUNK:
+            print(f"  {min(start + CHUNK, len(ids))} of {len(ids)} replayed ({stored} stored, {failing} still failing)",
+                  flush=True)
+    return ReplayResult(stored=stored, still_failing=failing)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,16 @@ def test_trim_keeps_up_with_large_acknowledged_backlogs(redis_client, settings, 
         raise AssertionError(f"the stream still had undelivered entries after {MAX_RUNS} reads")
     assert trim.trim_acknowledged(redis_client, settings.stream) > 25_000
     assert redis_client.xlen(settings.stream) < 1_000
+
+
+def test_a_long_replay_goes_in_chunks_and_says_how_far_along_it_is(redis_client, settings, db, capsys):
+    from collector import deadletters as cli
+    from collector.store import deadletters as store
+
+    payload = {k.decode(): v.decode() for k, v in good_fields(0).items()}
+    store.add(db, "replay-test#0001", [(f"1-{i}", payload, "rejected by PostgreSQL: a bug", 1) for i in range(1200)])
+    result = cli.replay_in_chunks(db, redis_client, settings, None)
+    assert result == ReplayResult(stored=1200, still_failing=0)
+    progress = capsys.readouterr().out
+    assert "500 of 1200 replayed" in progress and "1200 of 1200 replayed (1200 stored, 0 still failing)" in progress
+    assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 1200
