@@ -28,7 +28,7 @@ from bench.drain import prefill
 from bench.machine import git_revision, machine_info
 from bench.options import env_default, own_database_url, target_redis_url
 from bench.probes import Processes, cpu_percent
-from bench.stack import delete_namespace, drop_database
+from bench.stack import delete_namespace, reset_for_drain
 from collector.devtools.processes import ROOT
 
 DATABASE = "logs_bench_drainloop"
@@ -89,8 +89,6 @@ def drain_all(settings, expected: int) -> tuple[float, list[float], int, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from collector.core.settings import load_settings
-    from collector.pipeline.group import ensure_group
-    from collector.store.migrations import migrate
 
     args = parse_args(argv)
     database_url = own_database_url(DATABASE)
@@ -100,16 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(env)
     started_at, revision = dt.datetime.now(dt.UTC), git_revision()  # the code this run loads
     try:
-        drop_database(database_url, DATABASE)
-        delete_namespace(KEY_PREFIX)
-        migrate(database_url)
-        import redis
-
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
-        try:
-            ensure_group(client, settings.stream, settings.consumer_group)  # at id 0: sees the pre-fill
-        finally:
-            client.close()
+        reset_for_drain(settings, DATABASE)
         seconds = prefill(settings, settings.redis_url, args.backlog)
         log(f"pre-filled {args.backlog:,} entries in {seconds:.1f} s; draining with drain_batch in a loop "
             f"(BATCH_SIZE={settings.batch_size})")

@@ -163,6 +163,24 @@ def drop_database(database_url: str, name: str) -> None:
     log(f"dropped database {name} (the bench's own)")
 
 
+def reset_for_drain(settings, database_name: str) -> None:
+    """For the benches that drain in-process (drainloop, storage): wipe their own database
+    and key prefix, migrate, and create the consumer group at id 0 (so it sees a pre-fill)."""
+    import redis
+
+    from collector.pipeline.group import ensure_group
+    from collector.store.migrations import migrate
+
+    drop_database(settings.database_url, database_name)
+    delete_namespace(settings.key_prefix)
+    migrate(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    try:
+        ensure_group(client, settings.stream, settings.consumer_group)
+    finally:
+        client.close()
+
+
 def prepare_own_namespace(target: Target, stack_env: dict[str, str]) -> None:
     """Wipe the bench's own database and key prefix (never one the user chose), then migrate."""
     if target.wipe_database:

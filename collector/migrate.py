@@ -17,7 +17,10 @@ def main() -> int:
     except SettingsError as exc:
         print(f"invalid setting: {exc}", file=sys.stderr)
         return 2
-    applied = migrate(settings.database_url)
+    def progress(moved: int) -> None:
+        print(f"moved {moved:,} rows of logs_legacy into the partitioned logs", flush=True)
+
+    applied = migrate(settings.database_url, settings.partition_interval, settings.partitions_ahead, progress)
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
     return 0
 

@@ -43,7 +43,7 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
         beat_schedule_filename=settings.beat_schedule_file,
         beat_schedule=beat_schedule(settings),
-        include=["tasks.drain"],
+        include=["tasks.drain", "tasks.storage"],
     )
     app.collector_settings = settings  # what the tasks read their settings from
     _connect_signals()

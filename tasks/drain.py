@@ -48,6 +48,11 @@ def beat_schedule(settings: Settings) -> dict:
             "schedule": settings.keys_sync_interval,
             "kwargs": {"tick": True},
         },
+        "maintain-storage": {
+            "task": "tasks.storage.maintain_storage",
+            "schedule": settings.storage_maintenance_interval,
+            "kwargs": {"tick": True},
+        },
     }
 
 

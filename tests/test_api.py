@@ -113,7 +113,7 @@ def test_stats_agree_with_the_table(client, redis_client, settings, db):
     assert stats["recent_devices"] == ["d3", "d2", "d1", "d0"]
     assert stats["pipeline"] == {"stream_length": 4, "pending": 0, "lag": 0, "persisted": 4, "accepted": 4,
                                  "dead_lettered": 0, "duplicates_skipped": 0, "rejected": 0, "rejected_by_reason": {},
-                                 "oldest_unstored_age_seconds": None}
+                                 "logs_expired": 0, "dead_letters_expired": 0, "oldest_unstored_age_seconds": None}
 
 
 def test_health_reports_both_checks(client):

@@ -123,4 +123,5 @@ def test_two_processes_under_one_node_name_never_share_entries(redis_client, set
     assert errors == [] and not any(t.is_alive() for t in threads)
     assert set(names) == {"worker1@host-0", "worker1@host-0~1"}
     assert dead_letters(db) == {}
-    assert db.execute("SELECT count(*), count(DISTINCT stream_id) FROM logs").fetchone() == (2000, 2000)
+    assert db.execute("SELECT count(*), count(DISTINCT stream_entry_id(received_at, entry_seq)) FROM logs"
+                      ).fetchone() == (2000, 2000)

@@ -79,7 +79,7 @@ def test_poison_is_isolated_and_dead_lettered_with_the_reason(redis_client, sett
     assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 37
     letters = dead_letters(db)
     assert set(letters) == {ids[7], ids[23], ids[31]}
-    assert "CheckViolation" in letters[ids[7]] and "log_level" in letters[ids[7]]
+    assert "InvalidTextRepresentation" in letters[ids[7]] and "log_severity" in letters[ids[7]]
     assert "rejected by PostgreSQL" in letters[ids[23]]
     assert letters[ids[31]].startswith("malformed entry")
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
@@ -173,7 +173,7 @@ def test_replay_after_a_fix_stores_the_logs_and_the_books_balance(client, redis_
     stats = client.get("/api/stats").get_json()["pipeline"]
     assert (stats["accepted"], stats["persisted"], stats["dead_lettered"]) == (50, 50, 0)
     assert db.execute("SELECT count(*) FROM logs WHERE message = 'secret'").fetchone()[0] == 5
-    assert db.execute("SELECT count(DISTINCT stream_id) FROM logs").fetchone()[0] == 50
+    assert db.execute("SELECT count(DISTINCT stream_entry_id(received_at, entry_seq)) FROM logs").fetchone()[0] == 50
 
 
 def test_backpressure_closes_at_high_water_and_reopens_below_low_water(app, redis_client, settings, db):
@@ -204,7 +204,7 @@ def test_trim_removes_only_acknowledged_entries(redis_client, settings, db):
     assert set(ids[600:]) <= remaining  # pending and undelivered entries all kept
     drain_all(redis_client, db, settings, "c2")
     drain_all(redis_client, db, settings, "c1")
-    assert db.execute("SELECT count(DISTINCT stream_id) FROM logs").fetchone()[0] == 1000
+    assert db.execute("SELECT count(DISTINCT stream_entry_id(received_at, entry_seq)) FROM logs").fetchone()[0] == 1000
 
 
 def test_trim_keeps_up_with_large_acknowledged_backlogs(redis_client, settings, db):

@@ -31,7 +31,7 @@ def test_batches_are_capped_and_everything_is_stored_once(redis_client, settings
     assert [r.read for r in results] == [100, 100, 50, 0]
     assert [r.full for r in results] == [True, True, False, False]
     assert count(db) == 250
-    stored = [row[0] for row in db.execute("SELECT stream_id FROM logs ORDER BY id")]
+    stored = [row[0] for row in db.execute("SELECT stream_entry_id(received_at, entry_seq) FROM logs ORDER BY id")]
     assert stored == ids
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
 
@@ -47,7 +47,7 @@ def test_crash_between_commit_and_ack_stores_nothing_twice(redis_client, setting
     result = drain_batch(redis_client, db, settings, "c1")
     assert (result.read, result.inserted, result.duplicates, result.source) == (30, 0, 30, "own-pending")
     assert count(db) == 30
-    assert db.execute("SELECT count(DISTINCT stream_id) FROM logs").fetchone()[0] == 30
+    assert db.execute("SELECT count(DISTINCT stream_entry_id(received_at, entry_seq)) FROM logs").fetchone()[0] == 30
     assert redis_client.xpending(settings.stream, settings.consumer_group)["pending"] == 0
     # The per-level totals counted each row once.
     assert db.execute("SELECT sum(n) FROM log_counts").fetchone()[0] == 30

@@ -72,7 +72,7 @@ def test_every_accepted_log_is_stored_exactly_once_and_queryable(stack):
 
     wait_until(lambda: db_count(database) >= expected, 180, f"{expected} rows in PostgreSQL", interval=0.5)
     with psycopg.connect(database) as conn:
-        stored = [r[0] for r in conn.execute("SELECT stream_id FROM logs")]
+        stored = [r[0] for r in conn.execute("SELECT stream_entry_id(received_at, entry_seq) FROM logs")]
     assert len(stored) == expected
     assert set(stored) == set(accepted)  # every 2xx'd log, each exactly once
 
@@ -85,7 +85,8 @@ def test_every_accepted_log_is_stored_exactly_once_and_queryable(stack):
     requests.get(f"{url}/api/logs/dev-007?limit=5", timeout=10)
     new_id = requests.post(f"{url}/api/log", json={"device_id": "dev-007", "log_level": "CRITICAL",
                                                    "message": "the newest"}, timeout=10).json()["message_id"]
-    wait_until(lambda: db_count(database, "WHERE stream_id = %s", (new_id,)) == 1, 60, "the new log to persist")
+    wait_until(lambda: db_count(database, "WHERE stream_entry_id(received_at, entry_seq) = %s", (new_id,)) == 1,
+               60, "the new log to persist")
     newest = requests.get(f"{url}/api/logs/dev-007?limit=5", timeout=10).json()
     assert newest["data"][0]["message"] == "the newest"
 

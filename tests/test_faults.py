@@ -40,7 +40,7 @@ def assert_exactly_once(loads: Load | list[Load], database_url: str, api_url: st
     wait_until(lambda: count(database_url) >= len(accepted), 240,
                f"{len(accepted)} accepted logs in PostgreSQL", interval=0.5)
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT stream_id, message FROM logs").fetchall()
+        rows = conn.execute("SELECT stream_entry_id(received_at, entry_seq), message FROM logs").fetchall()
     stored = [stream_id for stream_id, _ in rows]
     assert len(stored) == len(set(stored)), "a stream entry was stored twice"
     assert set(accepted) <= set(stored), "an accepted log is missing"

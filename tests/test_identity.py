@@ -22,7 +22,8 @@ def add_with_id(client, settings, entry_id: str, message: str) -> None:
 
 
 def messages(db) -> list[tuple[str, str, str]]:
-    return db.execute("SELECT stream, stream_id, message FROM logs ORDER BY message").fetchall()
+    return db.execute("SELECT s.name, stream_entry_id(received_at, entry_seq), message"
+                      " FROM logs JOIN log_streams s ON s.id = logs.stream ORDER BY message").fetchall()
 
 
 def drain_all(client, db, settings) -> list:

@@ -39,8 +39,9 @@ class Devices:
     resend the same body with the same key on 502/503/504 and connection errors."""
 
     def __init__(self, urls: list[str], devices: int = 8, batches: int = 40, size: int = 5,
-                 headers: dict | None = None) -> None:
+                 headers: dict | None = None, pause: float = 0.0) -> None:
         self.urls, self.devices, self.batches, self.size = urls, devices, batches, size
+        self.pause = pause  # seconds between batches: a lower bound on how long the devices send
         self.headers = headers or {}
         self.sent: set[str] = set()  # messages that got a 200
         self.retried = 0
@@ -54,6 +55,9 @@ class Devices:
         for t in self._threads:
             t.start()
         return self
+
+    def sending(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
 
     def wait(self, timeout: float = 240) -> None:
         for t in self._threads:
@@ -71,6 +75,7 @@ class Devices:
         boot = f"boot-{uuid.uuid4().hex[:6]}"
         seq = itertools.count(1)
         for b in range(self.batches):
+            time.sleep(self.pause)
             logs = [{"device_id": f"device_{d:03d}", "log_level": "INFO", "message": f"d{d}-b{b}-{i}",
                      "seq": next(seq), "boot_id": boot} for i in range(self.size)]
             key = str(uuid.uuid4())
@@ -138,11 +143,13 @@ def test_lost_replies_while_redis_is_busy_store_every_log_exactly_once(make_stac
     urls = [stack.start_api(0), stack.start_api(1)]
     stack.start_worker()
     stack.start_beat()
-    devices = Devices(urls, devices=16, batches=30).start()
+    # Paced, so that however fast the machine, the devices are still sending when Redis is busy.
+    devices = Devices(urls, devices=16, batches=30, pause=0.1).start()
     busy = redis.Redis.from_url(base_settings.redis_url)
     for _ in range(3):
-        time.sleep(0.7)
-        busy.eval(BUSY_SCRIPT, 0, 1_500_000)  # 1.5 s, three times REDIS_TIMEOUT
+        time.sleep(0.5)
+        if devices.sending():
+            busy.eval(BUSY_SCRIPT, 0, 1_500_000)  # 1.5 s, three times REDIS_TIMEOUT
     devices.wait()
     assert devices.statuses.get(503, 0) > 0, f"Redis being busy refused nothing: {devices.statuses}"
     assert devices.replayed > 0, "no request was executed by Redis after its 503: the fault did not happen"

@@ -152,12 +152,11 @@ def test_a_number_whose_log_was_not_stored_stays_missing(redis_client, settings,
     old snapshot hands out ids again) is not stored, so its number is not received."""
     from collector.store import logs as storage
 
-    row = ("s#1", "5-0", "dev-1", "INFO", "first", None, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00",
-           None, None)
+    row = ("s#1", "5-0", "dev-1", "INFO", "first", None, "2026-01-01T00:00:00+00:00", None, None)
     storage.insert_logs(db, [row], writer="t")
-    again = (*row[:4], "numbered", *row[5:8], "boot-a", 5)
+    again = (*row[:4], "numbered", *row[5:7], "boot-a", 5)
     assert storage.insert_logs(db, [again], writer="t") == {}
-    ok = (*row[:1], "6-0", *row[2:4], "numbered", *row[5:8], "boot-a", 6)
+    ok = (*row[:1], "6-0", *row[2:4], "numbered", *row[5:7], "boot-a", 6)
     storage.insert_logs(db, [ok], writer="t")
     body = sequences.audit(db, "dev-1")
     assert [(b["first_seq"], b["last_seq"], b["received"]) for b in body] == [(6, 6, 1)]

@@ -186,10 +186,12 @@ def test_nesting_is_limited_so_every_read_path_can_write_it(rt_client, redis_cli
 
 def _store_as_before_0006(conn, device_id: str, log_data: str) -> None:
     """A row as the code before migration 0006 left it: log_data printed by jsonb."""
+    conn.execute("INSERT INTO log_streams (name) VALUES ('legacy') ON CONFLICT DO NOTHING")
     conn.execute(
-        "INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at)"
-        " VALUES ('legacy', %s, %s, 'INFO', 'm', %s::jsonb::json, now(), now())",
-        (uuid.uuid4().hex[:20], device_id, log_data))
+        "INSERT INTO logs (received_at, created_at, entry_seq, log_level, stream, device_id, message, log_data)"
+        " VALUES (now(), now(), %s, 'INFO', (SELECT id FROM log_streams WHERE name = 'legacy'), %s, 'm',"
+        " %s::jsonb::json)",
+        (uuid.uuid4().int % 2**31, device_id, log_data))
 
 
 def test_rows_stored_as_jsonb_before_0006_stay_readable(rt_client, tz_db):

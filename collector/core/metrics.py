@@ -39,6 +39,11 @@ def _define() -> dict[str, Any]:
         "LOGS_DUPLICATE": Counter("collector_logs_duplicates_skipped_total",
                                   "Redelivered stream entries that were already stored."),
         "LOGS_DEAD_LETTERED": Counter("collector_logs_dead_lettered_total", "Stream entries moved to dead_letters."),
+        "PARTITIONS_DROPPED": Counter("collector_partitions_dropped_total",
+                                      "Partitions of logs dropped by retention."),
+        "LOGS_EXPIRED": Counter("collector_logs_expired_total", "Stored logs removed by retention."),
+        "DEAD_LETTERS_EXPIRED": Counter("collector_dead_letters_expired_total",
+                                        "Dead letters deleted by DEAD_LETTER_RETENTION_DAYS."),
         "REQUEST_SECONDS": Histogram(
             "collector_http_request_duration_seconds", "API request latency, by endpoint and status.",
             ["endpoint", "method", "status"],
@@ -54,7 +59,8 @@ def _define() -> dict[str, Any]:
 
 
 _NAMES = frozenset({"LOGS_ACCEPTED", "REQUESTS_REJECTED", "LOGS_PERSISTED", "LOGS_DUPLICATE",
-                    "LOGS_DEAD_LETTERED", "REQUEST_SECONDS", "BATCH_SECONDS", "BATCH_SIZE"})
+                    "LOGS_DEAD_LETTERED", "PARTITIONS_DROPPED", "LOGS_EXPIRED", "DEAD_LETTERS_EXPIRED",
+                    "REQUEST_SECONDS", "BATCH_SECONDS", "BATCH_SIZE"})
 _metrics: dict[str, Any] = {}
 
 

@@ -82,6 +82,14 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _days(raw: str) -> int:
+    """A whole number of days: "1", "7d", "1 day", "7 days"."""
+    number, _, unit = raw.lower().partition(" ") if " " in raw else (raw.lower().rstrip("d"), "", "d")
+    if unit.strip() not in ("d", "day", "days") or not number.isdigit() or not 1 <= int(number) <= 366:
+        raise ValueError('must be a whole number of days from 1 to 366, e.g. "1 day" or "7d"')
+    return int(number)
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str, secret: bool = False) -> Any:
     return field(default=default, repr=not secret, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -200,6 +208,24 @@ class Settings:
         "DB_TIMEOUT", 2.0, _float(0.1), "Seconds to wait for a PostgreSQL connection before failing.")
     retry_after: int = _setting(
         "RETRY_AFTER", 5, _int(1), "Seconds clients are told to wait (Retry-After) when we answer 503.")
+    partition_interval: int = _setting(
+        "PARTITION_INTERVAL", 1, _days,
+        "Days of receive time per partition of `logs` (\"1 day\", \"7d\"); partitions start at UTC "
+        "midnight, aligned to the Unix epoch. A change applies to partitions created after it.")
+    partitions_ahead: int = _setting(
+        "PARTITIONS_AHEAD", 3, _int(1, 100),
+        "Partitions kept created ahead of the current one (by make migrate and the maintenance task).")
+    retention_days: int = _setting(
+        "RETENTION_DAYS", 30, _int(0),
+        "Logs are kept at least this many days after they were received, then their partition is "
+        "dropped whole (0: keep forever).")
+    dead_letter_retention_days: int = _setting(
+        "DEAD_LETTER_RETENTION_DAYS", 0, _int(0),
+        "Days after their last failure that dead letters are deleted (counted in dead_letters_expired); "
+        "0: keep until replayed or deleted by an admin.")
+    storage_maintenance_interval: float = _setting(
+        "STORAGE_MAINTENANCE_INTERVAL", 3600.0, _float(1.0),
+        "Seconds between storage maintenance runs (partitions ahead, the default partition, retention).")
     worker_metrics_port: int = _setting(
         "WORKER_METRICS_PORT", 9808, _int(0, 65535),
         "Port of the Celery worker's Prometheus /metrics on 127.0.0.1 (0: off).")

@@ -24,6 +24,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from collector.core.settings import load_settings
 from collector.devtools import demo_keys
 from collector.devtools.processes import ROOT, nginx_binary, wait_until
 from collector.devtools.servers import ServerError, ensure_servers, stop_servers, var_dir
@@ -104,7 +105,8 @@ def main() -> int:
     try:
         own = ensure_servers(env["REDIS_URL"], env["DATABASE_URL"], var, say=say)
         say("applying migrations")
-        migrate(env["DATABASE_URL"])
+        settings = load_settings(env)
+        migrate(env["DATABASE_URL"], settings.partition_interval, settings.partitions_ahead)
         os.environ.update(REDIS_URL=env["REDIS_URL"], DATABASE_URL=env["DATABASE_URL"])
         demo_keys.main(["--file", str(var / "demo-keys.env")])
         honcho = subprocess.Popen([str(Path(sys.executable).parent / "honcho"), "start", "-f", "Procfile"],

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from collector.core.model import Row
+from collector.core.model import Row, entry_identity
 
-# Field names in the stream entry; short because every entry repeats them.
-DEVICE, LEVEL, MESSAGE, DATA, CREATED, RECEIVED = b"d", b"l", b"m", b"j", b"t", b"r"
+# Field names in the stream entry; short because every entry repeats them. The receive
+# time is the entry id's (core.model.entry_identity); entries queued before migration
+# 0007 also carry it as a field "r", which is ignored.
+DEVICE, LEVEL, MESSAGE, DATA, CREATED = b"d", b"l", b"m", b"j", b"t"
 BOOT, SEQ = b"b", b"s"  # only when the device numbers its logs
 
 
@@ -20,15 +22,14 @@ class MalformedEntry(ValueError):
 
 
 def encode_entry(log: dict, received_at: dt.datetime) -> dict[bytes, bytes | str]:
-    """Stream fields for one validated log (the output of collector.web.schemas.log_schema().load)."""
-    received = received_at.isoformat()
+    """Stream fields for one validated log (the output of collector.web.schemas.log_schema().load);
+    `received_at` is its created_at when the device sent no timestamp."""
     timestamp = log.get("timestamp")
     fields: dict[bytes, bytes | str] = {
         DEVICE: log["device_id"],
         LEVEL: log["log_level"],
         MESSAGE: log["message"],
-        CREATED: timestamp.isoformat() if timestamp is not None else received,
-        RECEIVED: received,
+        CREATED: (timestamp if timestamp is not None else received_at).isoformat(),
     }
     if log.get("log_data") is not None:
         fields[DATA] = log["log_data"]  # already compact JSON bytes
@@ -42,15 +43,16 @@ def decode_entry(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes])
     raises MalformedEntry if the entry is not ours."""
     try:
         data, boot, seq = fields.get(DATA), fields.get(BOOT), fields.get(SEQ)
+        stream_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        entry_identity(stream_id)  # storable, or a dead letter now rather than a failing batch
         return (
             stream,
-            entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            stream_id,
             fields[DEVICE].decode(),
             fields[LEVEL].decode(),
             fields[MESSAGE].decode(),
             data.decode() if data is not None else None,
             fields[CREATED].decode(),
-            fields[RECEIVED].decode(),
             boot.decode() if boot is not None else None,
             int(seq) if seq is not None else None,
         )

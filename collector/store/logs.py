@@ -7,6 +7,8 @@ all share this code.
 
 from __future__ import annotations
 
+import datetime as dt
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from collector.core.model import LEVELS, Row
+from collector.core.model import LEVELS, Row, entry_identity
 from collector.store import sequences
 
 # log_data is a `json` column (migration 0006): PostgreSQL keeps the text ingest
@@ -24,58 +26,84 @@ from collector.store import sequences
 # and -0.0 as 0.0). Timestamps arrive with an explicit offset, so the session's
 # TimeZone never changes what is stored; reads convert to UTC in SQL for the same reason.
 #
-# A redelivered stream entry is skipped by ON CONFLICT on its stream identity. A
+# A row's identity is its stream entry (migration 0007): the stream (log_streams.id),
+# the entry id's milliseconds as received_at (also the partition key) and its n as
+# entry_seq. A redelivered entry is skipped by ON CONFLICT on that identity. A
 # numbered row is inserted only if its (device_id, boot_id, seq) was not stored yet
 # (sequences.Claims), so a copy that reached us any other way (an HTTP retry, a
 # resend after a reboot, a replay) is skipped as a duplicate too.
 INSERT_LOG = """
-    INSERT INTO logs (stream, stream_id, device_id, log_level, message, log_data, created_at, received_at,
-                      boot_id, seq)
-    VALUES (%s, %s, %s, %s, %s, %s::json, %s::timestamptz, %s::timestamptz, %s, %s)
-    ON CONFLICT (stream, stream_id) DO NOTHING
+    INSERT INTO logs (received_at, created_at, seq, entry_seq, log_level, stream, device_id, message,
+                      log_data, boot_id)
+    VALUES (%s, %s::timestamptz, %s, %s, %s, %s, %s, %s, %s::json, %s)
+    ON CONFLICT (received_at, entry_seq, stream) DO NOTHING
     RETURNING log_level
 """
 
+# Per (writer, UTC day of receive time, level): a day's counts go with its partition.
 ADD_COUNTS = """
-    INSERT INTO log_counts (writer, log_level, n) VALUES (%s, %s, %s)
-    ON CONFLICT (writer, log_level) DO UPDATE SET n = log_counts.n + EXCLUDED.n
+    INSERT INTO log_counts (writer, day, log_level, n) VALUES (%s, %s, %s, %s)
+    ON CONFLICT (writer, day, log_level) DO UPDATE SET n = log_counts.n + EXCLUDED.n
 """
+
+# Stream identity -> log_streams.id, per connection: a stream's id never changes (rows of
+# log_streams are never deleted), and a new connection asks again, so a cache entry can
+# only outlive its database together with its connection.
+_stream_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stream_ref(conn: psycopg.Connection, name: str) -> int:
+    """log_streams.id of a stream identity, registered on first sight."""
+    known = _stream_ids.setdefault(conn, {})
+    if name not in known:
+        conn.execute("INSERT INTO log_streams (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (name,))
+        known[name] = conn.execute("SELECT id FROM log_streams WHERE name = %s", (name,)).fetchone()[0]
+    return known[name]
 
 
 def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> Counter[str]:
     """Insert rows and commit; returns how many were new, per level.
 
-    Rows whose (stream, stream id) is already stored are skipped, so a batch redelivered
+    Rows whose stream entry is already stored are skipped, so a batch redelivered
     after a crash between commit and XACK stores nothing twice; so are rows whose
-    (device_id, boot_id, seq) is (sequences.Claims). The per-level
+    (device_id, boot_id, seq) is (sequences.Claims). The per-level, per-day
     totals move in the same transaction, keyed by `writer` so that concurrent
     drains never update the same counter row.
     """
     inserted: Counter[str] = Counter()
     if not rows:
         return inserted
-    numbered = [row for row in rows if row[9] is not None]
+    numbered = [row for row in rows if row[8] is not None]
     with conn.transaction(), conn.cursor() as cur:
         claims = None
         if numbered:
             claims = sequences.Claims.check(cur, numbered)
             fresh = {id(row) for row in claims.fresh}
-            rows = [row for row in rows if row[9] is None or id(row) in fresh]
+            rows = [row for row in rows if row[8] is None or id(row) in fresh]
         stored = []
         if rows:
-            cur.executemany(INSERT_LOG, rows, returning=True)
-            for row in rows:  # one result set per row, in order: empty when ON CONFLICT skipped it
+            streams = {name: stream_ref(conn, name) for name in {row[0] for row in rows}}
+            params, days = [], []
+            for stream, stream_id, device, level, message, data, created, boot, seq in rows:
+                received, entry_seq, day = entry_identity(stream_id)
+                params.append((received, created, seq, entry_seq, level, streams[stream], device, message,
+                               data, boot))
+                days.append(day)
+            cur.executemany(INSERT_LOG, params, returning=True)
+            by_day: Counter[tuple[dt.date, str]] = Counter()
+            for row, day in zip(rows, days, strict=True):  # one result set per row: empty when skipped
                 for (level,) in cur.fetchall():
                     inserted[level] += 1
+                    by_day[day, level] += 1
                     stored.append(row)
                 cur.nextset()
         if claims is not None:
             # Only numbers whose log is now stored count as received: a row skipped because
             # its stream identity is taken (a Redis restored from an old snapshot) must not
             # hide its number from the gap audit.
-            claims.record(cur, [row for row in stored if row[9] is not None])
+            claims.record(cur, [row for row in stored if row[8] is not None])
         if inserted:
-            cur.executemany(ADD_COUNTS, [(writer, level, n) for level, n in sorted(inserted.items())])
+            cur.executemany(ADD_COUNTS, [(writer, day, level, n) for (day, level), n in sorted(by_day.items())])
     return inserted
 
 
@@ -111,25 +139,46 @@ def store_rows(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> St
 
 def stored_stream_ids(conn: psycopg.Connection, stream: str, stream_ids: Sequence[str]) -> set[str]:
     """Which of these entries of `stream` already have their row."""
-    rows = conn.execute("SELECT stream_id FROM logs WHERE stream = %s AND stream_id = ANY(%s)",
-                        (stream, list(stream_ids)))
+    keys = [entry_identity(stream_id)[:2] for stream_id in stream_ids]
+    rows = conn.execute(
+        """
+        SELECT stream_entry_id(received_at, entry_seq) FROM logs
+        JOIN unnest(%s::timestamptz[], %s::int[]) AS wanted (received_at, entry_seq) USING (received_at, entry_seq)
+        WHERE stream = (SELECT id FROM log_streams WHERE name = %s)
+        """,
+        ([received for received, _ in keys], [n for _, n in keys], stream))
     return {stream_id for (stream_id,) in rows}
+
+
+# A device's newest logs: the top of its range in each partition's device index, merged
+# (bench/partition_plans.py shows the plan at 50 million rows).
+DEVICE_LOGS = """
+    SELECT id, device_id, log_level::text, message, log_data::text AS log_data,
+           created_at AT TIME ZONE 'UTC' AS created_at
+    FROM logs WHERE device_id = %s
+    ORDER BY logs.created_at DESC, logs.id DESC  -- qualified: the column (and its index), not the alias
+    LIMIT %s
+"""
+
+LEVEL_TOTALS = "SELECT log_level, sum(n)::bigint FROM log_counts GROUP BY log_level"
+
+# The devices of the newest `window` rows by receive time (the top of each partition's
+# entry index, merged), most recent first.
+RECENT_DEVICES = """
+    SELECT device_id FROM (
+        SELECT device_id, row_number() OVER (ORDER BY received_at DESC, entry_seq DESC) AS rank
+        FROM (SELECT device_id, received_at, entry_seq FROM logs
+              ORDER BY received_at DESC, entry_seq DESC LIMIT %s) AS newest
+    ) AS ranked
+    GROUP BY device_id ORDER BY min(rank) LIMIT %s
+"""
 
 
 def device_logs(conn: psycopg.Connection, device_id: str, limit: int) -> list[dict]:
     """A device's newest logs first, with the seed's fields: log_data as the JSON it was
     sent as, created_at in UTC whatever the session's TimeZone."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            """
-            SELECT id, device_id, log_level, message, log_data::text AS log_data,
-                   created_at AT TIME ZONE 'UTC' AS created_at
-            FROM logs WHERE device_id = %s
-            ORDER BY logs.created_at DESC, logs.id DESC  -- qualified: the column (and its index), not the alias
-            LIMIT %s
-            """,
-            (device_id, limit),
-        )
+        cur.execute(DEVICE_LOGS, (device_id, limit))
         rows = cur.fetchall()
     for row in rows:
         # orjson, as ingest: rows stored as jsonb before migration 0006 print 1e20 as a
@@ -144,18 +193,10 @@ def device_logs(conn: psycopg.Connection, device_id: str, limit: int) -> list[di
 def table_stats(conn: psycopg.Connection, recent_window: int = 1000, recent_devices: int = 10) -> dict:
     """Totals from log_counts and the devices seen in the newest rows: no table scan."""
     with conn.cursor() as cur:
-        cur.execute("SELECT log_level, sum(n)::bigint FROM log_counts GROUP BY log_level")
+        cur.execute(LEVEL_TOTALS)
         by_level = dict.fromkeys(LEVELS, 0)
         by_level.update((level, int(n)) for level, n in cur.fetchall())
-        cur.execute(
-            """
-            SELECT device_id FROM (
-                SELECT device_id, id FROM logs ORDER BY id DESC LIMIT %s
-            ) AS newest
-            GROUP BY device_id ORDER BY max(id) DESC LIMIT %s
-            """,
-            (recent_window, recent_devices),
-        )
+        cur.execute(RECENT_DEVICES, (recent_window, recent_devices))
         devices = [device_id for (device_id,) in cur.fetchall()]
     return {"total_logs": sum(by_level.values()), "logs_by_level": by_level, "recent_devices": devices}
 

@@ -84,7 +84,7 @@ class Claims:
 
     @classmethod
     def check(cls, cur: psycopg.Cursor, rows: Sequence[Row]) -> Claims:
-        keys = sorted({(row[2], row[8], row[9] >> 10) for row in rows})
+        keys = sorted({(row[2], row[7], row[8] >> 10) for row in rows})
         columns = [list(column) for column in zip(*keys, strict=True)]
         cur.execute(
             """
@@ -132,9 +132,9 @@ class Claims:
 
 
 def _key(row: Row) -> tuple[str, str, int]:
-    return row[2], row[8], row[9] >> 10
+    return row[2], row[7], row[8] >> 10
 
 
 def _bit(row: Row) -> int:
-    return 1 << (row[9] & (BLOCK_BITS - 1))
+    return 1 << (row[8] & (BLOCK_BITS - 1))
 

@@ -8,7 +8,7 @@ from flask import request
 from collector.core.model import DEVICE_ID_RE
 from collector.pipeline import cache, counters
 from collector.pipeline.group import pipeline_stats
-from collector.store import deadletters, sequences
+from collector.store import deadletters, partitions, sequences
 from collector.store import logs as storage
 from collector.web.auth import forbidden, principal
 from collector.web.errors import ApiError
@@ -57,10 +57,12 @@ def stats():
 
     def from_database() -> dict:
         with b.db.connection() as conn:
-            return {**storage.table_stats(conn), "dead_lettered": deadletters.count(conn)}
+            return {**storage.table_stats(conn), "dead_lettered": deadletters.count(conn),
+                    "expired": partitions.expired_totals(conn)}
 
     table, source = b.cache.cached(cache.STATS_SCOPE, "table", s.stats_cache_ttl, from_database)
-    dead_lettered = table.pop("dead_lettered")
+    dead_lettered, expired = table.pop("dead_lettered"), table.pop("expired")
     pipeline = pipeline_stats(b.redis, s.stream, s.consumer_group)
-    pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **counters.read(b.redis, s))
+    pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **expired,
+                    **counters.read(b.redis, s))
     return {**table, "pipeline": pipeline, "source": source}

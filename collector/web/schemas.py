@@ -250,7 +250,9 @@ def dead_letter_args_schema(max_limit: int) -> Schema:
 
 class QueuedOut(Schema):
     status = fields.String(metadata={"example": "queued"})
-    message_id = fields.String(metadata={"description": "Stream entry id; also the stored row's stream_id."})
+    message_id = fields.String(metadata={
+        "description": "Stream entry id \"<ms>-<n>\": the stored row's identity (its received_at is <ms>, "
+                       "its entry_seq <n>; SQL: stream_entry_id(received_at, entry_seq))."})
     received_at = fields.DateTime()
 
 
@@ -273,6 +275,10 @@ class PipelineOut(Schema):
     lag = fields.Integer(allow_none=True)
     persisted = fields.Integer()
     dead_lettered = fields.Integer()
+    logs_expired = fields.Integer(metadata={
+        "description": "Stored logs removed by retention (RETENTION_DAYS): no longer in persisted."})
+    dead_letters_expired = fields.Integer(metadata={
+        "description": "Dead letters deleted by DEAD_LETTER_RETENTION_DAYS: no longer in dead_lettered."})
     accepted = fields.Integer()
     rejected = fields.Integer()
     rejected_by_reason = fields.Dict(keys=fields.String(), values=fields.Integer())
