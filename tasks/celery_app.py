@@ -76,7 +76,7 @@ def _worker_init(**kwargs) -> None:
     settings = _current_settings()
     _use_multiprocess_metrics()
     if settings.worker_metrics_port:
-        _serve_metrics(settings.worker_metrics_port)
+        _serve_metrics(settings.worker_metrics_port, settings.worker_metrics_addr)
 
 
 def _use_multiprocess_metrics() -> None:
@@ -103,14 +103,15 @@ def _use_multiprocess_metrics() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _serve_metrics(port: int) -> None:
-    """The worker's /metrics (all pool processes added up) on 127.0.0.1."""
+def _serve_metrics(port: int, worker_metrics_addr: str) -> None:
+    """The worker's /metrics (all pool processes added up), on WORKER_METRICS_ADDR (127.0.0.1
+    unless a container needs it reachable)."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     try:
-        start_http_server(port, addr="127.0.0.1", registry=registry)
+        start_http_server(port, addr=worker_metrics_addr, registry=registry)
     except OSError as exc:  # metrics are worth a warning, not a worker that will not start
         log.warning("worker metrics not served on port %s: %s", port, exc)
 

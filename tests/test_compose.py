@@ -3,9 +3,11 @@
 The file is validated against the official compose-spec JSON schema (vendored by
 check-jsonschema, so offline) and then against the invariants the collector
 depends on: no eviction in Redis, loopback-only databases, one beat, scalable
-workers, migrations before the apps, healthchecks behind every `depends_on`.
-The nginx service's template is checked in tests/test_nginx_config.py, the image
-in tests/test_dockerfile.py.
+workers, migrations before the apps, healthchecks behind every `depends_on`, and
+monitoring that reaches every replica (Prometheus, Grafana: on loopback, fed from
+monitoring/). The nginx service's template is checked in tests/test_nginx_config.py,
+the image in tests/test_dockerfile.py, the files under monitoring/ in
+tests/test_monitoring.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from collector.devtools.processes import ROOT
 from tests.deployment import (
@@ -171,10 +174,13 @@ def test_databases_are_not_published_on_the_host(services: dict, name: str):
     assert published_ports(services[name]) == []
 
 
-def test_only_nginx_and_loopback_flower_are_published(services: dict):
+def test_only_nginx_and_loopback_tools_are_published(services: dict):
     published = {name: published_ports(service) for name, service in services.items() if published_ports(service)}
-    assert set(published) == {"nginx", "flower"}
-    assert [host for host, _, _ in published["flower"]] == ["127.0.0.1"]
+    assert set(published) == {"nginx", "flower", "prometheus", "grafana"}
+    for name in ("flower", "prometheus", "grafana"):
+        assert [host for host, _, _ in published[name]] == ["127.0.0.1"], name
+    assert [(p, t) for _, p, t in published["prometheus"]] == [("9090", "9090")]
+    assert [(p, t) for _, p, t in published["grafana"]] == [("3000", "3000")]
 
 
 @pytest.mark.parametrize("secret", sorted(SECRETS))
@@ -306,3 +312,87 @@ def test_nginx_default_server_is_disabled(services: dict):
     tmpfs = [tmpfs] if isinstance(tmpfs, str) else tmpfs
     targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in nginx.get("volumes") or []]
     assert "/etc/nginx/conf.d" in [t.split(":")[0] for t in tmpfs] or "/etc/nginx/conf.d/default.conf" in targets
+
+
+# --- compose: monitoring ---------------------------------------------------------------------------
+
+MONITORING = ROOT / "monitoring"
+
+
+def bind_mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """container path -> (host path or volume name, read-only) of every short-syntax mount."""
+    mounts = {}
+    for volume in service.get("volumes") or []:
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, mode == ["ro"])
+    return mounts
+
+
+def scrape_config() -> dict:
+    return yaml.safe_load((MONITORING / "prometheus" / "prometheus.yml").read_text())
+
+
+def test_prometheus_runs_the_shipped_config_and_rules(compose_raw: dict, services: dict):
+    prometheus = services["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v2\.\d+\.\d+", prometheus["image"]), prometheus["image"]
+    args = tokens(prometheus["command"])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in args
+    assert "--storage.tsdb.path=/prometheus" in args
+    mounts = bind_mounts(prometheus)
+    assert mounts["/etc/prometheus"] == ("./monitoring/prometheus", True)
+    assert (MONITORING / "prometheus" / "prometheus.yml").exists()
+    assert scrape_config()["rule_files"] == ["alerts.yml"]  # beside it, so in /etc/prometheus too
+    assert mounts["/prometheus"][0] in (compose_raw.get("volumes") or {})
+    assert has_healthcheck(prometheus)
+
+
+def test_prometheus_scrapes_every_api_and_worker_replica(services: dict):
+    jobs = {job["job_name"]: job for job in scrape_config()["scrape_configs"]}
+    api_names = [n for c in jobs["collector-api"]["dns_sd_configs"] for n in c["names"]]
+    assert sorted(api_names) == sorted(API_SERVICES)
+    for name in API_SERVICES:  # the port they bind inside the network
+        assert environment(services[name])["BIND"] == f"0.0.0.0:{jobs['collector-api']['dns_sd_configs'][0]['port']}"
+    worker_sd = jobs["collector-worker"]["dns_sd_configs"]
+    assert [(c["names"], c["type"]) for c in worker_sd] == [(["worker"], "A")]  # A: every replica's address
+    worker = services["worker"]
+    port = str(worker_sd[0]["port"])
+    assert environment(worker)["WORKER_METRICS_PORT"] == port
+    assert port in [str(p) for p in worker.get("expose") or []]
+
+
+def test_the_worker_metrics_server_listens_on_the_container_network(services: dict):
+    # Its default is the container's loopback, which the prometheus container cannot reach.
+    assert environment(services["worker"])["WORKER_METRICS_ADDR"] == "0.0.0.0"
+
+
+def test_the_worker_reads_its_metrics_address():
+    from collector.core.settings import load_settings
+    assert load_settings({"WORKER_METRICS_ADDR": "0.0.0.0"}).worker_metrics_addr == "0.0.0.0"
+    assert "worker_metrics_addr" in (ROOT / "tasks" / "celery_app.py").read_text()
+
+
+def test_prometheus_scrapes_the_apis_with_the_metrics_token(compose_raw: dict, services: dict):
+    # The secret comes from the same variable the APIs check (compose refuses to start without it).
+    assert compose_raw["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
+    assert "metrics_token" in services["prometheus"]["secrets"]
+    api = {job["job_name"]: job for job in scrape_config()["scrape_configs"]}["collector-api"]
+    assert api["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/metrics_token"}
+    assert environment(services["api1"])["METRICS_TOKEN"] == "metrics-secret"
+
+
+def test_grafana_is_provisioned_from_the_repository(compose_raw: dict, services: dict):
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    mounts = bind_mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == ("./monitoring/grafana/provisioning", True)
+    provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/collector.yml").read_text())
+    dashboards = provider["providers"][0]["options"]["path"]
+    assert mounts[dashboards] == ("./monitoring/grafana/dashboards", True)
+    assert (MONITORING / "grafana/dashboards/collector.json").exists()
+    datasource = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    url = urlsplit(datasource["datasources"][0]["url"])
+    assert url.hostname in services and url.hostname == "prometheus"
+    assert str(url.port) in [t for _, _, t in published_ports(services["prometheus"])]
+    assert mounts["/var/lib/grafana"][0] in (compose_raw.get("volumes") or {})
+    assert environment(grafana)["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert depends_on(grafana) == {"prometheus": {"condition": "service_healthy"}}

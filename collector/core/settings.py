@@ -90,6 +90,15 @@ def _days(raw: str) -> int:
     return int(number)
 
 
+def _names(raw: str) -> str:
+    """A comma-separated list of names, none empty; kept as text (normalised) so the
+    settings stay hashable and the README's table shows it as it is written."""
+    names = [name.strip() for name in raw.split(",")]
+    if not all(names):
+        raise ValueError('must be names separated by commas, e.g. "device.id,host.name"')
+    return ",".join(names)
+
+
 def _setting(env: str, default: Any, parse: Callable[[str], Any], doc: str, secret: bool = False) -> Any:
     return field(default=default, repr=not secret, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -197,6 +206,9 @@ class Settings:
         "MAX_MESSAGE_CHARS", 10_000, _int(1), "Longest `message` accepted, in characters.")
     max_log_data_bytes: int = _setting(
         "MAX_LOG_DATA_BYTES", 16_384, _int(2), "Largest `log_data` accepted, as compact JSON bytes.")
+    otlp_device_id_attributes: str = _setting(
+        "OTLP_DEVICE_ID_ATTRIBUTES", "device.id,service.instance.id,host.name", _names,
+        "Resource attributes that name an OTLP log's device (POST /v1/logs), in order: the first present is used.")
     max_query_limit: int = _setting(
         "MAX_QUERY_LIMIT", 1000, _int(1), "Largest `limit` of GET /api/logs/<device_id>.")
     redis_timeout: float = _setting(
@@ -229,6 +241,9 @@ class Settings:
     worker_metrics_port: int = _setting(
         "WORKER_METRICS_PORT", 9808, _int(0, 65535),
         "Port of the Celery worker's Prometheus /metrics on 127.0.0.1 (0: off).")
+    worker_metrics_addr: str = _setting(
+        "WORKER_METRICS_ADDR", "127.0.0.1", _text,
+        "Address the Celery worker's /metrics listens on (0.0.0.0 in a container, so Prometheus can reach it).")
     beat_schedule_file: str = _setting(
         "BEAT_SCHEDULE_FILE", "/tmp/collector-celerybeat-schedule", _text,
         "Where Celery beat keeps its schedule state.")

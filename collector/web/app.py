@@ -23,6 +23,7 @@ from collector.pipeline.cache import QueryCache
 from collector.pipeline.keyring import Keyring
 from collector.pipeline.producer import Appender
 from collector.web import auth
+from collector.web.compression import install_decompression
 from collector.web.errors import register_error_handlers
 from collector.web.extensions import Backends
 from collector.web.openapi import docs
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     register_error_handlers(app)
     _instrument(app)
     auth.register(app)
+    install_decompression(app)  # compressed ingest bodies, within MAX_BODY_BYTES once inflated (after the key check)
     app.register_blueprint(api)
     app.register_blueprint(docs)
     logging.getLogger(__name__).info("app ready", extra={"instance": settings.instance_name})

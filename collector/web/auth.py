@@ -28,13 +28,14 @@ ACCESS: dict[str, tuple[str, ...] | None] = {
     "docs.swagger_static": PUBLIC,
     "api.ingest_log": ("device", "admin"),
     "api.ingest_batch": ("device", "admin"),
+    "api.otlp_logs": ("device", "admin"),
     "api.device_logs": ("device", "reader", "admin"),
     "api.device_sequence": ("device", "reader", "admin"),
     "api.stats": ("reader", "admin"),
     "api.dead_letters": ("admin",),
     "api.prometheus_metrics": ("admin",),  # or METRICS_TOKEN
 }
-INGEST = ("api.ingest_log", "api.ingest_batch")
+INGEST = ("api.ingest_log", "api.ingest_batch", "api.otlp_logs")
 CHALLENGE = 'Bearer realm="collector"'
 
 

@@ -55,7 +55,7 @@ def error_response(status: int, error: str, message: str, fields: dict | None = 
     return response
 
 
-INGEST_ENDPOINTS = {"api.ingest_log", "api.ingest_batch"}
+INGEST_ENDPOINTS = {"api.ingest_log", "api.ingest_batch", "api.otlp_logs"}
 
 
 def _count_if_rejected_log(status: int, error: str) -> None:

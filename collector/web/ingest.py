@@ -89,7 +89,7 @@ def _load(schema_for: Callable[[bool], Schema]) -> tuple[object, dict]:
 IDEMPOTENCY_KEY_RE = re.compile(r"\A[\x21-\x7e]{1,255}\Z")  # 1-255 visible ASCII characters
 
 
-def _idempotency_key() -> str | None:
+def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY_RE.match(key):
         raise ApiError(422, "validation_failed", "The Idempotency-Key header is invalid; see fields.",
@@ -154,8 +154,11 @@ def _rate_headers(admission: Admission) -> dict[str, str]:
     }
 
 
-def _enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str], str, dict]:
-    """Queue the logs; returns (ids, received_at, extra response headers)."""
+def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str], str, dict]:
+    """Queue validated logs (log_schema's output), after the scope, admission and rate-limit
+    checks; returns (ids, received_at, extra response headers). `body` is what the
+    Idempotency-Key fingerprint is taken of: JSON-able, the same for the same logs.
+    Every ingest endpoint (/api/log, /api/logs/batch, OTLP's /v1/logs) queues through here."""
     _check_scope(logs)
     b = backends()
     if not b.gate.is_open(b.redis):
@@ -195,18 +198,18 @@ def _enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str]
 
 def ingest_log():
     s = settings()
-    key = _idempotency_key()
+    key = idempotency_key()
     body, log = _load(lambda orjson_parsed: log_schema(s.max_message_chars, s.max_log_data_bytes, orjson_parsed))
     check_sequence_pairs([log], in_batch=False)
-    [entry_id], received, headers = _enqueue([log], body, key)
+    [entry_id], received, headers = enqueue([log], body, key)
     return {"status": "queued", "message_id": entry_id, "received_at": received}, 200, headers
 
 
 def ingest_batch():
     s = settings()
-    key = _idempotency_key()
+    key = idempotency_key()
     body, batch = _load(lambda orjson_parsed: batch_schema(s.max_batch_logs, s.max_message_chars,
                                                             s.max_log_data_bytes, orjson_parsed))
     check_sequence_pairs(batch["logs"], in_batch=True)
-    ids, received, headers = _enqueue(batch["logs"], body, key)
+    ids, received, headers = enqueue(batch["logs"], body, key)
     return {"status": "queued", "count": len(ids), "message_ids": ids, "received_at": received}, 200, headers

@@ -76,6 +76,7 @@ def build_spec(settings: Settings) -> dict:
         "summary": f"Queue 1 to {settings.max_batch_logs} logs; one invalid entry rejects the batch",
         "requestBody": body("BatchIn"), "parameters": [idempotency_key],
         "responses": {**queued("QueuedBatch"), **_errors(400, 413, 415, 422, 503)}}})
+    _otlp_logs(spec, settings, idempotency_key)
     spec.path("/api/devices/{device_id}/sequence", operations={"get": {
         "summary": "Gap audit: per boot_id, the seq numbers received and the ranges missing",
         "parameters": [{"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -115,10 +116,52 @@ def build_spec(settings: Settings) -> dict:
     return spec.to_dict()
 
 
+def _otlp_logs(spec: APISpec, settings: Settings, idempotency_key: dict) -> None:
+    """POST /v1/logs: binary protobuf, which Swagger UI cannot build, so it is described here
+    and sent by OpenTelemetry exporters (docs/otlp.md), not tried from /docs."""
+    status = {"type": "object", "description": "google.rpc.Status (in OTLP/JSON; protobuf alike)", "properties": {
+        "code": {"type": "integer"}, "message": {"type": "string"},
+        "details": {"type": "array", "items": {"type": "object",
+                                               "description": "google.rpc.ErrorInfo; reason: our error code"}}}}
+    both = {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": status}}
+    failures = {400: "Undecodable body, too many records, or no record acceptable",
+                413: "Body over MAX_BODY_BYTES", 415: "Neither application/x-protobuf nor application/json",
+                422: "Invalid Idempotency-Key, or one reused with other records",
+                503: "Redis unavailable or overloaded; honour Retry-After"}
+    spec.path("/v1/logs", operations={"post": {
+        "summary": "OTLP/HTTP logs export (OpenTelemetry); not for this page's 'Try it out'",
+        "description": (
+            "An opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest, as binary protobuf "
+            "(application/x-protobuf) or OTLP/JSON (application/json: lowerCamelCase names, traceId/spanId "
+            "in hex, enums as integers). Point an exporter's logs endpoint here. Each record becomes a log "
+            "(docs/otlp.md: the device id comes from the resource attributes "
+            f"{settings.otlp_device_id_attributes}) validated as POST /api/logs/batch validates, "
+            f"at most {settings.max_batch_logs} records per request. The answer is an "
+            "ExportLogsServiceResponse in the request's encoding; records that were rejected are counted "
+            "in partial_success and the rest queued. Errors are a google.rpc.Status in the request's encoding."),
+        "parameters": [idempotency_key],
+        "requestBody": {"required": True, "content": {
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"type": "object", "description": "OTLP/JSON ExportLogsServiceRequest",
+                                            "properties": {"resourceLogs": {"type": "array",
+                                                                            "items": {"type": "object"}}}}}}},
+        "responses": {
+            "200": {"description": "ExportLogsServiceResponse; partialSuccess {rejectedLogRecords, errorMessage} "
+                                   "when some records were rejected",
+                    "content": {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                                "application/json": {"schema": {"type": "object", "properties": {
+                                    "partialSuccess": {"type": "object", "properties": {
+                                        "rejectedLogRecords": {"type": "string"},
+                                        "errorMessage": {"type": "string"}}}}}}}},
+            **{str(code): {"description": text, "content": both} for code, text in failures.items()}}}})
+
+
 # Which roles each operation admits (collector.web.auth.ACCESS is the one enforced).
 _ROLES = {
     ("/api/log", "post"): "device (in scope) or admin",
     ("/api/logs/batch", "post"): "device (every log in scope) or admin",
+    ("/v1/logs", "post"): "device (every record's device in scope) or admin",
     ("/api/logs/{device_id}", "get"): "device (in scope), reader or admin",
     ("/api/devices/{device_id}/sequence", "get"): "device (in scope), reader or admin",
     ("/api/stats", "get"): "reader or admin",
@@ -143,10 +186,13 @@ def _secure(spec: APISpec, settings: Settings) -> None:
             "403": {"description": "The key's role or scope does not cover this",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         })
-    for path in ("/api/log", "/api/logs/batch"):
+    for path in ("/api/log", "/api/logs/batch", "/v1/logs"):
         spec._paths[path]["post"]["responses"]["429"] = {
             "description": "A device over its rate limit (logs, not requests); honour Retry-After",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    otlp = spec._paths["/v1/logs"]["post"]["responses"]
+    for code in ("401", "403", "429"):  # a google.rpc.Status there too, like its other errors
+        otlp[code] = {**otlp[code], "content": otlp["400"]["content"]}
 
 
 @docs.get("/openapi.json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from collector.web import admin, health, ingest, query
+from collector.web import admin, health, ingest, otlp, query
 
 # One blueprint, so endpoint names (and the `endpoint` label of the latency
 # metric) stay `api.<view>` whichever module a view lives in.
@@ -13,6 +13,7 @@ api = Blueprint("api", __name__)
 for rule, view, methods in (
     ("/api/log", ingest.ingest_log, ["POST"]),
     ("/api/logs/batch", ingest.ingest_batch, ["POST"]),
+    ("/v1/logs", otlp.otlp_logs, ["POST"]),  # OTLP/HTTP's own path, so exporters need only the base URL
     ("/api/logs/<device_id>", query.device_logs, ["GET"]),
     ("/api/devices/<device_id>/sequence", query.device_sequence, ["GET"]),
     ("/api/stats", query.stats, ["GET"]),
@@ -23,3 +24,7 @@ for rule, view, methods in (
     ("/", health.index, ["GET"]),
 ):
     api.add_url_rule(rule, view_func=view, methods=methods)
+
+# OTLP answers its errors as a google.rpc.Status (the spec's), whoever raised them: the
+# central handlers make the answer, this re-encodes its body for /v1/logs only.
+api.after_request(otlp.errors_as_status)

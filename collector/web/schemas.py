@@ -62,6 +62,10 @@ class UtcDateTime(fields.DateTime):
     microsecond: that is what Python and PostgreSQL both hold exactly."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.datetime:
+        if isinstance(value, dt.datetime) and value.tzinfo is not None:
+            # Only from in-process callers (OTLP's mapping, from nanoseconds): JSON has no
+            # datetimes. Already an instant to the microsecond; no text to parse.
+            return value.astimezone(_UTC)
         moment = super()._deserialize(value, attr, data, **kwargs)  # refuses second 60 and hour 24
         if _SUB_MICROSECOND.search(value):
             raise ValidationError("More precise than a microsecond, which is all that is stored; "
