@@ -43,3 +43,22 @@ def test_docs_page_and_its_assets_are_served_locally(client):
     asset = client.get("/docs/static/swagger-ui-bundle.js")
     assert asset.status_code == 200 and len(asset.data) > 100_000
     asset.close()
+
+
+def test_the_document_is_whole_after_ingest_built_its_own_schema_variants(make_app, settings):
+    """Ingest builds LogIn classes of its own (orjson's variant, other limits): the document
+    must still name its own, not whichever LogIn the registry finds first (pytest turns
+    apispec's warning about an ambiguous name into an error, as it should)."""
+    from collector.web import openapi, schemas
+    from collector.web.schemas import batch_schema, log_schema
+
+    # As in a fresh API process whose first request was a log: ingest's variant comes first.
+    for cached in (schemas._log_schema, schemas._batch_schema, openapi.build_spec):
+        cached.cache_clear()
+    log_schema(settings.max_message_chars, settings.max_log_data_bytes, True)
+    batch_schema(settings.max_batch_logs, settings.max_message_chars, settings.max_log_data_bytes, True)
+    log_schema(7, 99)
+    spec = make_app(settings).test_client().get("/openapi.json").get_json()
+    validate(spec)
+    body = spec["paths"]["/api/log"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/LogIn"} and "LogIn1" not in spec["components"]["schemas"]

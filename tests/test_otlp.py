@@ -177,7 +177,8 @@ def test_protobuf_maps_every_field(client, redis_client, settings, db):
                   severity_text="FATAL", body=s("string body"), trace_id=bytes(range(16)), span_id=bytes(range(8)),
                   flags=1, event_name="device.boot",
                   attributes=[kv("nested", nested), kv("inf", AnyValue(double_value=math.inf)),
-                              kv("nan", AnyValue(double_value=math.nan)), kv("big", AnyValue(int_value=2**63 - 1))]),
+                              kv("nan", AnyValue(double_value=math.nan)), kv("big", AnyValue(int_value=2**63 - 1)),
+                              kv("huge", AnyValue(double_value=1e20))]),  # a double, not a lost integer
         LogRecord(observed_time_unix_nano=1_600_000_000_000_001_000, severity_number=13, body=nested),
         LogRecord(severity_text="debug", body=AnyValue(double_value=1.5)),  # no time at all: received now
         LogRecord(severity_number=9, body=AnyValue(bytes_value=b"\x01\x02")),
@@ -206,7 +207,7 @@ def test_protobuf_maps_every_field(client, redis_client, settings, db):
         "resource": {"service.name": "svc", "device.id": "dev-pb"},
         "scope": {"name": "my.scope", "version": "2.0", "attributes": {"lib.attr": 7}},
         "attributes": {"nested": {"list": [-(2**63), False, None], "raw": base64.b64encode(b"\x00\xffhi").decode()},
-                       "inf": "Infinity", "nan": "NaN", "big": 2**63 - 1},
+                       "inf": "Infinity", "nan": "NaN", "big": 2**63 - 1, "huge": 1e20},
         "severity_number": 21, "severity_text": "FATAL", "event_name": "device.boot",
         "trace_id": bytes(range(16)).hex(), "span_id": bytes(range(8)).hex(), "flags": 1}
     # time_unix_nano first (truncated to the µs), else observed_time_unix_nano, else the receive time
@@ -385,7 +386,8 @@ def test_keys_roles_and_scopes_apply_and_refusals_are_a_status(secured, new_key,
 
 
 def test_the_openapi_document_describes_v1_logs(secured, client):
-    validate(client.get("/openapi.json").get_json())  # keys off: no 401/403/429 documented
+    got = client.get("/openapi.json")
+    validate(got.get_json())  # keys off: no 401/403/429 documented
     spec = secured.get("/openapi.json").get_json()
     validate(spec)
     operation = spec["paths"]["/v1/logs"]["post"]
@@ -496,3 +498,11 @@ def test_the_sdk_with_gzip_compression(stack):
     results = send_with_the_sdk(stack["url"], device, Compression.Gzip)
     assert results and set(results) == {LogRecordExportResult.SUCCESS}
     check_stored_exactly_once(stack["db"], device)
+
+
+def test_a_nul_in_an_attribute_rejects_its_record_only(client, redis_client, settings, db):
+    export = request_of(LogRecord(body=s("ok")), LogRecord(body=s("bad"), attributes=[kv("k", s("a\x00b"))]))
+    answer = ExportLogsServiceResponse.FromString(post_pb(client, export).data)
+    assert answer.partial_success.rejected_log_records == 1
+    assert "log_records[1]" in answer.partial_success.error_message and "NUL" in answer.partial_success.error_message
+    assert [r[2] for r in stored(redis_client, db, settings)] == ["ok"]

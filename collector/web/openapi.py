@@ -42,6 +42,8 @@ def build_spec(settings: Settings) -> dict:
                    plugins=[MarshmallowPlugin()],
                    info={"description": "Devices POST logs; they are queued in a Redis Stream at once and stored "
                                         "in PostgreSQL in batches. Errors are JSON: {error, message, fields?}."})
+    # The instances, not their names, in the operations below: each set of limits (and
+    # ingest's orjson variant) makes a class of its own named LogIn, so a name would be ambiguous.
     log_in = schemas.log_schema(settings.max_message_chars, settings.max_log_data_bytes)
     batch_in = schemas.batch_schema(settings.max_batch_logs, settings.max_message_chars, settings.max_log_data_bytes)
     for name, schema in {
@@ -52,7 +54,7 @@ def build_spec(settings: Settings) -> dict:
     }.items():
         spec.components.schema(name, schema=schema)
 
-    def body(schema: str) -> dict:
+    def body(schema) -> dict:
         return {"required": True, "content": {"application/json": {"schema": schema}}}
 
     idempotency_key = {
@@ -70,11 +72,11 @@ def build_spec(settings: Settings) -> dict:
         return ok
 
     spec.path("/api/log", operations={"post": {
-        "summary": "Queue one log", "requestBody": body("LogIn"), "parameters": [idempotency_key],
+        "summary": "Queue one log", "requestBody": body(log_in), "parameters": [idempotency_key],
         "responses": {**queued("Queued"), **_errors(400, 413, 415, 422, 503)}}})
     spec.path("/api/logs/batch", operations={"post": {
         "summary": f"Queue 1 to {settings.max_batch_logs} logs; one invalid entry rejects the batch",
-        "requestBody": body("BatchIn"), "parameters": [idempotency_key],
+        "requestBody": body(batch_in), "parameters": [idempotency_key],
         "responses": {**queued("QueuedBatch"), **_errors(400, 413, 415, 422, 503)}}})
     _otlp_logs(spec, settings, idempotency_key)
     spec.path("/api/devices/{device_id}/sequence", operations={"get": {

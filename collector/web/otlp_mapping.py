@@ -22,6 +22,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from collector.core.settings import Settings
+from collector.web.logdata import AmbiguousNumber
 from collector.web.schemas import log_schema
 
 # severity_number 1-24 in ranges of four (TRACE, DEBUG, INFO, WARN, ERROR, FATAL), in order.
@@ -58,7 +59,13 @@ def count_records(export: ExportLogsServiceRequest) -> int:
 
 def map_request(export: ExportLogsServiceRequest, settings: Settings) -> Mapped:
     """Every record of the request, in order, mapped and validated."""
-    schema = log_schema(settings.max_message_chars, settings.max_log_data_bytes, False)  # protobuf: not orjson
+    # What this mapping makes holds only what orjson can read: valid Unicode (protobuf
+    # strings are UTF-8, and OTLP/JSON was read by orjson), 64-bit integers, finite floats
+    # (the others become strings). So the schema for orjson's output applies, whose walk of
+    # log_data runs only when a scan of its encoded bytes asks for it; a double of 2**64 or
+    # more, which that schema cannot tell from a lost integer, takes the exact one.
+    schema = log_schema(settings.max_message_chars, settings.max_log_data_bytes, True)
+    exact = log_schema(settings.max_message_chars, settings.max_log_data_bytes, False)
     id_attributes = settings.otlp_device_id_attributes.split(",")
     mapped = Mapped()
     for r, resource_logs in enumerate(export.resource_logs):
@@ -74,7 +81,10 @@ def map_request(export: ExportLogsServiceRequest, settings: Settings) -> Mapped:
                     continue
                 try:
                     candidate = to_candidate(record, device, resource, scope)
-                    mapped.logs.append(schema.load(candidate))
+                    try:
+                        mapped.logs.append(schema.load(candidate))
+                    except AmbiguousNumber:
+                        mapped.logs.append(exact.load(candidate))
                 except _Refused as refused:
                     mapped.rejected.append(f"{where}: {refused}")
                 except ValidationError as exc:
