@@ -23,7 +23,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from collector.core.settings import Settings
 from collector.web.logdata import AmbiguousNumber
-from collector.web.schemas import log_schema
+from collector.web.schemas import log_part_schema
 
 # severity_number 1-24 in ranges of four (TRACE, DEBUG, INFO, WARN, ERROR, FATAL), in order.
 _LEVEL_OF_RANGE = ("DEBUG", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -31,7 +31,6 @@ _LEVEL_OF_RANGE = ("DEBUG", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LEVEL_OF_NAME = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING",
                   "ERROR": "ERROR", "FATAL": "CRITICAL", "CRITICAL": "CRITICAL"}
 _OTEL_SHORT_NAMES = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")  # these also come as TRACE2..FATAL4
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # How an exporter names the parts of a rejected record, instead of our schema's field names.
 _FIELD_NAMES = {"message": "body", "log_data": "attributes/resource/scope (log_data)",
                 "timestamp": "time_unix_nano", "log_level": "severity"}
@@ -58,38 +57,58 @@ def count_records(export: ExportLogsServiceRequest) -> int:
 
 
 def map_request(export: ExportLogsServiceRequest, settings: Settings) -> Mapped:
-    """Every record of the request, in order, mapped and validated."""
-    # What this mapping makes holds only what orjson can read: valid Unicode (protobuf
-    # strings are UTF-8, and OTLP/JSON was read by orjson), 64-bit integers, finite floats
-    # (the others become strings). So the schema for orjson's output applies, whose walk of
-    # log_data runs only when a scan of its encoded bytes asks for it; a double of 2**64 or
-    # more, which that schema cannot tell from a lost integer, takes the exact one.
-    schema = log_schema(settings.max_message_chars, settings.max_log_data_bytes, True)
-    exact = log_schema(settings.max_message_chars, settings.max_log_data_bytes, False)
+    """Every record of the request, in order, mapped and validated by log_schema's own fields.
+
+    The device id is checked once per resource (its records all have the same one); level
+    and time are valid by construction (our level names; nanoseconds of an unsigned 64-bit
+    count are instants of 1970-2554), so each record's load checks its message and
+    log_data only. What this mapping makes holds only what orjson can read: valid Unicode
+    (protobuf strings are UTF-8, and OTLP/JSON was read by orjson), 64-bit integers, finite
+    floats (the others become strings). So the fields for orjson's output apply, whose walk
+    of log_data runs only when a scan of its encoded bytes asks for it; a double of 2**64
+    or more, which they cannot tell from a lost integer, takes the exact ones.
+    """
+    limits = settings.max_message_chars, settings.max_log_data_bytes
+    device_field = log_part_schema(*limits, True, ("device_id",))
+    content = log_part_schema(*limits, True, ("message", "log_data"))
+    exact = log_part_schema(*limits, False, ("message", "log_data"))
     id_attributes = settings.otlp_device_id_attributes.split(",")
     mapped = Mapped()
     for r, resource_logs in enumerate(export.resource_logs):
         # What a resource and a scope give is the same for each of their records: worked out once.
         device, device_source = device_of(resource_logs.resource.attributes, id_attributes)
+        if device is not None:
+            try:
+                device_field.load({"device_id": device})
+            except ValidationError as exc:
+                device, device_source = None, _explain(exc.messages, device_source)
         resource = attributes(resource_logs.resource.attributes)
         for s, scope_logs in enumerate(resource_logs.scope_logs):
             scope = _scope(scope_logs.scope)
             for n, record in enumerate(scope_logs.log_records):
-                where = f"resource_logs[{r}].scope_logs[{s}].log_records[{n}]"
                 if device is None:
-                    mapped.rejected.append(f"{where}: {device_source}")
+                    mapped.rejected.append(f"{_where(r, s, n)}: {device_source}")
                     continue
                 try:
                     candidate = to_candidate(record, device, resource, scope)
+                    part = {"message": candidate["message"], "log_data": candidate.get("log_data")}
                     try:
-                        mapped.logs.append(schema.load(candidate))
+                        loaded = content.load(part)
                     except AmbiguousNumber:
-                        mapped.logs.append(exact.load(candidate))
+                        loaded = exact.load(part)
                 except _Refused as refused:
-                    mapped.rejected.append(f"{where}: {refused}")
+                    mapped.rejected.append(f"{_where(r, s, n)}: {refused}")
                 except ValidationError as exc:
-                    mapped.rejected.append(f"{where}: {_explain(exc.messages, device_source)}")
+                    mapped.rejected.append(f"{_where(r, s, n)}: {_explain(exc.messages, device_source)}")
+                else:
+                    mapped.logs.append({"device_id": device, "log_level": candidate["log_level"],
+                                        "message": loaded["message"], "log_data": loaded["log_data"],
+                                        "timestamp": candidate.get("timestamp")})
     return mapped
+
+
+def _where(r: int, s: int, n: int) -> str:
+    return f"resource_logs[{r}].scope_logs[{s}].log_records[{n}]"
 
 
 class _Refused(ValueError):
@@ -116,28 +135,30 @@ def device_of(resource_attributes, names: list[str]) -> tuple[str | None, str]:
 
 def to_candidate(record: LogRecord, device: str, resource: dict, scope: dict) -> dict:
     """The dict a device would POST to /api/logs/batch for this record (not yet validated)."""
-    candidate = {"device_id": device, "log_level": level_of(record.severity_number, record.severity_text),
+    number = record.severity_number
+    candidate = {"device_id": device, "log_level": level_of(number, record.severity_text),
                  "message": message_of(record.body)}
     log_data = {}
     if resource:
         log_data["resource"] = resource
     if scope:
         log_data["scope"] = scope
-    if record.attributes:
-        log_data["attributes"] = attributes(record.attributes)
+    # Each field read once: every read of a protobuf field makes a Python object.
+    if pairs := record.attributes:
+        log_data["attributes"] = attributes(pairs)
     # The original severity, since our five levels cannot hold all of OTel's 24.
-    if record.severity_number:
-        log_data["severity_number"] = record.severity_number
-    if record.severity_text:
-        log_data["severity_text"] = record.severity_text
-    if record.event_name:
-        log_data["event_name"] = record.event_name
-    if record.trace_id:
-        log_data["trace_id"] = record.trace_id.hex()
-    if record.span_id:
-        log_data["span_id"] = record.span_id.hex()
-    if record.flags:
-        log_data["flags"] = record.flags
+    if number:
+        log_data["severity_number"] = number
+    if text := record.severity_text:
+        log_data["severity_text"] = text
+    if event := record.event_name:
+        log_data["event_name"] = event
+    if trace_id := record.trace_id:
+        log_data["trace_id"] = trace_id.hex()
+    if span_id := record.span_id:
+        log_data["span_id"] = span_id.hex()
+    if flags := record.flags:
+        log_data["flags"] = flags
     if log_data:
         candidate["log_data"] = log_data
     nanos = record.time_unix_nano or record.observed_time_unix_nano
@@ -171,7 +192,7 @@ def timestamp_of(nanos: int) -> dt.datetime:
     """Nanoseconds since the epoch as an instant in UTC, truncated to the microsecond (what
     is stored); the schema takes it as it is, with no ISO text to write and parse again."""
     seconds, rest = divmod(nanos, 1_000_000_000)
-    return _EPOCH + dt.timedelta(seconds=seconds, microseconds=rest // 1000)
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(microsecond=rest // 1000)
 
 
 def attributes(key_values: list[KeyValue]) -> dict:
@@ -184,24 +205,27 @@ def plain(value: AnyValue):
     int -> int, double -> float (a non-finite one as proto3 JSON writes it: "NaN",
     "Infinity", "-Infinity", since JSON has no such numbers), an empty value -> null."""
     kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "double_value":
-        number = value.double_value
-        if math.isfinite(number):
-            return number
-        return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
-    if kind == "kvlist_value":
-        return attributes(value.kvlist_value.values)
-    if kind == "array_value":
-        return [plain(item) for item in value.array_value.values]
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return None
+    convert = _PLAIN.get(kind)
+    return None if convert is None else convert(value)
+
+
+def _double(value: AnyValue):
+    number = value.double_value
+    if math.isfinite(number):
+        return number
+    return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
+
+
+# One lookup per value rather than a chain of comparisons (attributes are the bulk of a record).
+_PLAIN = {
+    "string_value": lambda value: value.string_value,
+    "int_value": lambda value: value.int_value,
+    "bool_value": lambda value: value.bool_value,
+    "double_value": _double,
+    "kvlist_value": lambda value: attributes(value.kvlist_value.values),
+    "array_value": lambda value: [plain(item) for item in value.array_value.values],
+    "bytes_value": lambda value: base64.b64encode(value.bytes_value).decode(),
+}
 
 
 def _scope(scope) -> dict:
