@@ -7,10 +7,10 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/logs
 
 .DEFAULT_GOAL := help
-.PHONY: help install migrate demo-keys run test lint bench up down logs ps clean
+.PHONY: help install migrate demo-keys run test lint bench up down logs ps clean deadletters keys locust
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/activate: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ lint: install ## Static checks
 
 bench: install ## Load the local stack with Locust and report accepted/persisted rates and latency
 	$(BIN)/python -m bench
+
+deadletters: install ## Dead letters: make deadletters ARGS=list (or ARGS="replay --all", ARGS="replay --id N")
+	@$(BIN)/python -m collector.deadletters $(ARGS)
+
+keys: install ## Keys: make keys ARGS="create --prefix device_" (or ARGS=list, ARGS="revoke KEY_ID")
+	@$(BIN)/python -m collector.keys $(ARGS)
+
+locust: install ## Locust's web UI on http://127.0.0.1:8089 for the fleet against :18723 (more options: ARGS="...")
+	$(BIN)/locust -f locustfiles/devices.py --web-host 127.0.0.1 $(ARGS)
 
 .env:
 	@$(PYTHON) -c 'import secrets; t = secrets.token_urlsafe; print(f"POSTGRES_PASSWORD={t(24)}\nFLOWER_BASIC_AUTH=admin:{t(18)}\nMETRICS_TOKEN={t(32)}")' > .env

@@ -8,7 +8,9 @@
     python -m collector.keys revoke KEY_ID
 
 Keys are written to PostgreSQL and copied to Redis at once (the API checks them
-there); if Redis is unreachable, beat's next key sync copies them.
+there); if Redis is unreachable, beat's next key sync copies them (a warning says
+so). `list` says "no keys" on standard error when there are none. PostgreSQL
+unreachable or a bad setting is one line on standard error (collector.cli).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import psycopg
 import redis
 
+from collector import cli
 from collector.core.clients import make_redis
 from collector.core.model import DEVICE_ID_RE
 from collector.core.settings import load_settings
@@ -80,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             print(secret)
             return 0
         if args.command == "list":
-            for row in keys.every(conn):
+            rows = keys.every(conn)
+            for row in rows:
                 print("\t".join([row.id, row.name or "-", row.role, _scope(row), _time(row.created_at),
                                  _time(row.last_used_at), _time(row.revoked_at)]))
+            print(f"{len(rows)} key(s)" if rows else "no keys", file=sys.stderr)
             return 0
         with conn.transaction():
             keys.lock(conn)
@@ -105,4 +110,4 @@ def _time(value) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

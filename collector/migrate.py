@@ -1,22 +1,21 @@
 """Create the database if needed and apply new migrations: `python -m collector.migrate`.
 
-Running it again changes nothing.
+Running it again changes nothing. A bad setting or PostgreSQL unreachable is one
+line on standard error (collector.cli).
 """
 
 from __future__ import annotations
 
 import sys
 
-from collector.core.settings import SettingsError, load_settings
+from collector import cli
+from collector.core.settings import load_settings
 from collector.store.migrations import migrate
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"invalid setting: {exc}", file=sys.stderr)
-        return 2
+    settings = load_settings()
+
     def progress(moved: int) -> None:
         print(f"moved {moved:,} rows of logs_legacy into the partitioned logs", flush=True)
 
@@ -26,4 +25,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

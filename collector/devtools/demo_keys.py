@@ -10,7 +10,9 @@ and readable by its owner only. The Locust fleet reads COLLECTOR_KEY and
 COLLECTOR_READER_KEY from the environment or this file (unless --api-key is
 given); `make bench` against a stack already running uses DEVICES_API_KEY, else
 the admin and reader keys of this file (its bench-* device ids are outside the
-fleet key's scope); on a stack of its own it makes its own keys.
+fleet key's scope); on a stack of its own it makes its own keys. It needs PostgreSQL
+and Redis: either unreachable, or a bad setting, is one line on standard error
+(collector.cli), before any key is made.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import psycopg
 
+from collector import cli
 from collector.core.clients import make_redis
 from collector.core.settings import load_settings
 from collector.devtools.processes import ROOT
@@ -50,6 +53,7 @@ def ensure(path: Path = DEFAULT_FILE) -> dict[str, str]:
     settings = load_settings()
     wanted = read_env_file(path)
     client = make_redis(settings, timeout=5.0)
+    client.ping()  # fail before making keys that could not be published
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         live = {row.id: row for row in keys.every(conn) if row.revoked_at is None}
         out = {}
@@ -80,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,5 +1,12 @@
 """The OpenAPI document (/openapi.json), generated from the marshmallow schemas, and
-a Swagger UI (/docs) served from the swagger-ui-bundle package, so it works offline."""
+a Swagger UI (/docs) served from the swagger-ui-bundle package, so it works offline.
+
+Swagger UI's "Try it out" sends what the document shows: a request body's schema-level
+example (else one assembled from its fields' examples), each parameter's example (else its
+default), and the key entered with Authorize as `Authorization: Bearer <key>`. So every
+example here is a request that succeeds as it is; tests/test_openapi.py sends each JSON
+operation exactly so, from the served document.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +32,69 @@ SWAGGER_PAGE = """<!doctype html>
 """
 
 
-def _errors(*statuses: int) -> dict:
-    text = {400: "Malformed JSON or empty body", 413: "Body over MAX_BODY_BYTES", 415: "Not application/json",
-            422: "Validation failed; `fields` names each bad field (and batch index)",
-            503: "Redis or PostgreSQL unavailable, or overloaded; honour Retry-After"}
-    return {str(s): {"description": text[s], "content": {"application/json": {"schema": "Error"}}} for s in statuses}
+DEVICE_EXAMPLE = "device_001"
+
+# The bodies "Try it out" sends. Without seq/boot_id: a second try of a log with the same
+# (device_id, boot_id, seq) would be queued but never stored (a duplicate), which surprises
+# whoever tries; their fields carry an example pair of their own.
+LOG_EXAMPLE = {"device_id": DEVICE_EXAMPLE, "log_level": "WARNING", "message": "Temperature above threshold",
+               "log_data": {"temperature_c": 81.5, "threshold_c": 80, "sensor": "cpu"},
+               "timestamp": "2024-05-01T12:00:00.123456Z"}
+BATCH_EXAMPLE = {"logs": [LOG_EXAMPLE, {"device_id": DEVICE_EXAMPLE, "log_level": "INFO",
+                                        "message": "Fan speed back to normal", "log_data": {"fan_rpm": 2400}}]}
+# One OTLP/JSON record, for device_001 (resource attribute device.id).
+OTLP_JSON_EXAMPLE = {"resourceLogs": [{
+    "resource": {"attributes": [{"key": "device.id", "value": {"stringValue": DEVICE_EXAMPLE}}]},
+    "scopeLogs": [{"scope": {"name": "firmware", "version": "1.4.2"}, "logRecords": [{
+        "timeUnixNano": "1714564800123456000", "severityNumber": 13, "severityText": "WARN",
+        "body": {"stringValue": "Temperature above threshold"},
+        "attributes": [{"key": "temperature_c", "value": {"doubleValue": 81.5}}]}]}]}]}
+
+# status -> (when, an example answer): every error is an Error ({error, message, fields?}).
+_ERRORS = {
+    400: ("Malformed JSON, an empty body, or a corrupt gzip/zstd body",
+          {"error": "malformed_json", "message": "The request body is not valid JSON: Expecting value: "
+                                                 "line 1 column 1 (char 0)."}),
+    401: ("No key, or an unknown or revoked one (WWW-Authenticate: Bearer)",
+          {"error": "unauthorized", "message": "This endpoint needs a key: send Authorization: Bearer <key>."}),
+    403: ("The key's role or scope does not cover this",
+          {"error": "forbidden", "message": "Device 'other_7' is outside this key's scope (device_*)."}),
+    413: ("Body over MAX_BODY_BYTES, as sent or once inflated",
+          {"error": "request_entity_too_large",
+           "message": "The request body exceeds 1048576 bytes once decompressed."}),
+    415: ("Not application/json, or a Content-Encoding other than gzip or zstd",
+          {"error": "unsupported_media_type", "message": "Content-Type must be application/json, not 'text/plain'."}),
+    422: ("Validation failed; `fields` names each bad field (and, in a batch, each bad entry's index)",
+          {"error": "validation_failed", "message": "The request body or query is invalid; see fields.",
+           "fields": {"log_level": ["Must be one of: DEBUG, INFO, WARNING, ERROR, CRITICAL."]}}),
+    429: ("A device over its rate limit (logs, not requests); honour Retry-After",
+          {"error": "rate_limited",
+           "message": "logs[0]: device 'device_001' is over its rate limit; retry later."}),
+    500: ("An unexpected error; it has been logged",
+          {"error": "internal_error", "message": "An unexpected error occurred; it has been logged."}),
+    503: ("Redis or PostgreSQL unavailable, or overloaded; honour Retry-After",
+          {"error": "redis_unavailable", "message": "Redis is unavailable (ConnectionError); retry later"}),
+}
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 
-def _ok(schema: str, description: str = "OK") -> dict:
+# A query endpoint's 422 is about its path or query string.
+_QUERY_422 = {"error": "validation_failed", "message": "The device id in the path is invalid; see fields.",
+              "fields": {"device_id": ["Must be 1-100 characters: letters, digits and . _ : @ -."]}}
+
+
+def _error(status: int, example: dict | None = None) -> dict:
+    text, default = _ERRORS[status]
+    return {"description": text, "content": {"application/json": {"schema": _ERROR_REF,
+                                                                  "example": example or default}}}
+
+
+def _errors(*statuses: int, **examples: dict) -> dict:
+    """Error answers for these statuses; e422={...} replaces that status's example answer."""
+    return {str(s): _error(s, examples.get(f"e{s}")) for s in statuses}
+
+
+def _ok(schema: str | dict, description: str = "OK") -> dict:
     return {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -46,16 +108,37 @@ def build_spec(settings: Settings) -> dict:
     # ingest's orjson variant) makes a class of its own named LogIn, so a name would be ambiguous.
     log_in = schemas.log_schema(settings.max_message_chars, settings.max_log_data_bytes)
     batch_in = schemas.batch_schema(settings.max_batch_logs, settings.max_message_chars, settings.max_log_data_bytes)
+    # Schema-level examples where Swagger UI builds a body (or shows an answer) from them.
+    component = {
+        "LogIn": {"example": LOG_EXAMPLE, "description": "One log. The example leaves out seq and boot_id, "
+                                                          "which go together (see each)."},
+        "BatchIn": {"example": BATCH_EXAMPLE},
+        "Error": {"required": ["error", "message"], "example": _ERRORS[422][1],
+                  "description": "Every error's shape (nginx's and Gunicorn's own included; /v1/logs answers "
+                                 "a google.rpc.Status instead)."},
+    }
     for name, schema in {
         "LogIn": log_in, "BatchIn": batch_in, "Queued": schemas.QueuedOut, "QueuedBatch": schemas.QueuedBatchOut,
         "LogsPage": schemas.LogsPageOut, "Stats": schemas.StatsOut, "Health": schemas.HealthOut,
         "DeadLettersPage": schemas.DeadLettersPageOut, "Error": schemas.ErrorOut,
         "SequenceAudit": schemas.SequenceAuditOut,
     }.items():
-        spec.components.schema(name, schema=schema)
+        spec.components.schema(name, component.get(name), schema=schema)
 
     def body(schema) -> dict:
         return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    device_id = {"name": "device_id", "in": "path", "required": True, "example": DEVICE_EXAMPLE,
+                 "description": schemas.DEVICE_ID_DESCRIPTION,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 100,
+                            "pattern": schemas.DEVICE_ID_DOC_PATTERN}}
+    default_limit = min(100, settings.max_query_limit)  # as query_args_schema and dead_letter_args_schema
+
+    def limit(what: str) -> dict:
+        return {"name": "limit", "in": "query", "required": False, "example": min(10, settings.max_query_limit),
+                "description": f"How many {what} at most (default {default_limit}).",
+                "schema": {"type": "integer", "minimum": 1, "maximum": settings.max_query_limit,
+                           "default": default_limit}}
 
     idempotency_key = {
         "name": "Idempotency-Key", "in": "header", "required": False,
@@ -81,59 +164,79 @@ def build_spec(settings: Settings) -> dict:
     _otlp_logs(spec, settings, idempotency_key)
     spec.path("/api/devices/{device_id}/sequence", operations={"get": {
         "summary": "Gap audit: per boot_id, the seq numbers received and the ranges missing",
-        "parameters": [{"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "responses": {**_ok("SequenceAudit"), **_errors(422, 503)}}})
+        "parameters": [device_id],
+        "responses": {**_ok("SequenceAudit"), **_errors(422, 503, e422=_QUERY_422)}}})
     spec.path("/api/logs/{device_id}", operations={"get": {
         "summary": "A device's logs, newest first",
-        "parameters": [
-            {"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                          "maximum": settings.max_query_limit, "default": 100}}],
-        "responses": {**_ok("LogsPage"), **_errors(422, 503)}}})
+        "parameters": [device_id, limit("logs")],
+        "responses": {**_ok("LogsPage"), **_errors(422, 503, e422=_QUERY_422)}}})
     spec.path("/api/stats", operations={"get": {
         "summary": "Totals, levels, recent devices and the pipeline's figures",
         "responses": {**_ok("Stats"), **_errors(503)}}})
     spec.path("/api/dead-letters", operations={"get": {
         "summary": "Entries that could not be stored, with the reason",
-        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                       {"name": "after_id", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
-        "responses": {**_ok("DeadLettersPage"), **_errors(422, 503)}}})
+        "parameters": [limit("dead letters"),
+                       {"name": "after_id", "in": "query", "required": False, "example": 0,
+                        "description": "Only dead letters with a greater id: the last id of the previous page "
+                                       "(default 0, the first page).",
+                        "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+        "responses": {**_ok("DeadLettersPage"), **_errors(422, 503, e422={
+            "error": "validation_failed", "message": "The request body or query is invalid; see fields.",
+            "fields": {"limit": ["Must be greater than or equal to 1 and less than or equal to "
+                                 f"{settings.max_query_limit}."]}})}}})
     spec.path("/health", operations={"get": {
         "summary": "Redis and PostgreSQL checks; 503 names the failed one",
-        "responses": {**_ok("Health"), "503": {"description": "Unhealthy",
-                                                "content": {"application/json": {"schema": "Health"}}}}}})
+        "responses": {**_ok("Health"), "503": {
+            "description": "Unhealthy: a Health body (not an Error), whose checks name the failed server",
+            "content": {"application/json": {"schema": "Health", "example": {
+                "status": "unhealthy", "oldest_unstored_age_seconds": None, "instance": "api1",
+                "checks": {"redis": True, "postgres": False}, "timestamp": "2024-05-01T12:00:00.123456+00:00",
+                "seconds": 1.0012}}}}}}})
     spec.path("/metrics", operations={"get": {
-        "summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format",
-                                                               "content": {"text/plain": {}}}}}})
-    spec.path("/openapi.json", operations={"get": {"summary": "This document",
-                                                   "responses": {"200": {"description": "OpenAPI 3"}}}})
-    spec.path("/docs", operations={"get": {"summary": "Swagger UI for this document",
-                                           "responses": {"200": {"description": "HTML page"}}}})
+        "summary": "Prometheus metrics (text, not JSON)", "responses": {"200": {
+            "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
+    spec.path("/openapi.json", operations={"get": {"summary": "This document", "responses": {"200": {
+        "description": "OpenAPI 3.0.3", "content": {"application/json": {"schema": {"type": "object"}}}}}}})
+    spec.path("/docs", operations={"get": {"summary": "Swagger UI for this document", "responses": {"200": {
+        "description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
+    live = {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["up", "down"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}}}}
     spec.path("/livez", operations={"get": {
         "summary": "Can this instance take logs? (Redis only; PostgreSQL may be down)",
-        "responses": {"200": {"description": "Up"}, "503": {"description": "Redis unreachable"}}}})
-    spec.path("/", operations={"get": {"summary": "Where to go from here",
-                                       "responses": {"200": {"description": "Links"}}}})
+        "responses": {**_ok({**live, "example": {"status": "up", "checks": {"redis": True}}}, "Up"),
+                      "503": {"description": "Redis unreachable: a body like 200's (not an Error)",
+                              "content": {"application/json": {"schema": live, "example": {
+                                  "status": "down", "checks": {"redis": False}}}}}}}})
+    spec.path("/", operations={"get": {"summary": "Where to go from here", "responses": _ok(
+        {"type": "object", "additionalProperties": {"type": "string"}, "example": {
+            "service": "device-log-collector", "docs": "/docs", "openapi": "/openapi.json", "health": "/health",
+            "auth": "Authorization: Bearer <key> (python -m collector.keys create ...)"}}, "Links")}})
     _secure(spec, settings)
+    _may_fail(spec)
     return spec.to_dict()
 
 
 def _otlp_logs(spec: APISpec, settings: Settings, idempotency_key: dict) -> None:
-    """POST /v1/logs: binary protobuf, which Swagger UI cannot build, so it is described here
-    and sent by OpenTelemetry exporters (docs/otlp.md), not tried from /docs."""
+    """POST /v1/logs: binary protobuf, which Swagger UI cannot build, so that encoding is
+    described here and sent by OpenTelemetry exporters (docs/otlp.md), not tried from /docs;
+    OTLP/JSON, listed first so that it is what "Try it out" offers, has an example that works."""
     status = {"type": "object", "description": "google.rpc.Status (in OTLP/JSON; protobuf alike)", "properties": {
         "code": {"type": "integer"}, "message": {"type": "string"},
         "details": {"type": "array", "items": {"type": "object",
                                                "description": "google.rpc.ErrorInfo; reason: our error code"}}}}
-    both = {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
-            "application/json": {"schema": status}}
+    both = {"application/json": {"schema": status},
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}}}
     failures = {400: "Undecodable body, too many records, or no record acceptable",
                 413: "Body over MAX_BODY_BYTES", 415: "Neither application/x-protobuf nor application/json",
                 422: "Invalid Idempotency-Key, or one reused with other records",
+                500: "An unexpected error; it has been logged",
                 503: "Redis unavailable or overloaded; honour Retry-After"}
     spec.path("/v1/logs", operations={"post": {
-        "summary": "OTLP/HTTP logs export (OpenTelemetry); not for this page's 'Try it out'",
+        "summary": "OTLP/HTTP logs export (OpenTelemetry); 'Try it out' only as OTLP/JSON, not protobuf",
         "description": (
+            "Binary protobuf (what OpenTelemetry exporters send) cannot be built on this page: choose "
+            "application/json to try it (the example is one record for device_001). "
             "An opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest, as binary protobuf "
             "(application/x-protobuf) or OTLP/JSON (application/json: lowerCamelCase names, traceId/spanId "
             "in hex, enums as integers). Point an exporter's logs endpoint here. Each record becomes a log "
@@ -144,18 +247,20 @@ def _otlp_logs(spec: APISpec, settings: Settings, idempotency_key: dict) -> None
             "in partial_success and the rest queued. Errors are a google.rpc.Status in the request's encoding."),
         "parameters": [idempotency_key],
         "requestBody": {"required": True, "content": {
-            "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {"schema": {"type": "object", "description": "OTLP/JSON ExportLogsServiceRequest",
                                             "properties": {"resourceLogs": {"type": "array",
-                                                                            "items": {"type": "object"}}}}}}},
+                                                                            "items": {"type": "object"}}},
+                                            "example": OTLP_JSON_EXAMPLE}},
+            "application/x-protobuf": {"schema": {"type": "string", "format": "binary",
+                                                  "description": "Not tryable here: send it with an exporter"}}}},
         "responses": {
             "200": {"description": "ExportLogsServiceResponse; partialSuccess {rejectedLogRecords, errorMessage} "
                                    "when some records were rejected",
-                    "content": {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
-                                "application/json": {"schema": {"type": "object", "properties": {
+                    "content": {"application/json": {"schema": {"type": "object", "properties": {
                                     "partialSuccess": {"type": "object", "properties": {
                                         "rejectedLogRecords": {"type": "string"},
-                                        "errorMessage": {"type": "string"}}}}}}}},
+                                        "errorMessage": {"type": "string"}}}}, "example": {}}},
+                                "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}}}},
             **{str(code): {"description": text, "content": both} for code, text in failures.items()}}}})
 
 
@@ -173,28 +278,35 @@ _ROLES = {
 
 
 def _secure(spec: APISpec, settings: Settings) -> None:
-    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer",
-                                               "description": "A key from `python -m collector.keys create`."})
-    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    """Swagger UI's Authorize takes a key for "bearer" and sends it as `Authorization: Bearer <key>`
+    (or for "apiKey" as X-API-Key) with every operation that lists the scheme."""
+    spec.components.security_scheme("bearer", {
+        "type": "http", "scheme": "bearer", "bearerFormat": "dlc.<key id>.<secret>",
+        "description": "A key from `python -m collector.keys create` (under `make run`, the demo keys in "
+                       "var/demo-keys.env): enter it with Authorize, without 'Bearer '; it is sent as "
+                       "`Authorization: Bearer <key>`. An admin key may try every operation."})
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                                               "description": "The same key in X-API-Key instead."})
     if not settings.auth_enabled:
         return
     for (path, method), roles in _ROLES.items():
         operation = spec._paths[path][method]
         operation["security"] = [{"bearer": []}, {"apiKey": []}]
-        operation["description"] = f"Keys: {roles}."
-        operation["responses"].update({
-            "401": {"description": "No key, or an unknown or revoked one (WWW-Authenticate: Bearer)",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            "403": {"description": "The key's role or scope does not cover this",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-        })
+        operation["description"] = f"Keys: {roles}." + (f" {operation['description']}"
+                                                        if operation.get("description") else "")
+        operation["responses"].update(_errors(401, 403))
     for path in ("/api/log", "/api/logs/batch", "/v1/logs"):
-        spec._paths[path]["post"]["responses"]["429"] = {
-            "description": "A device over its rate limit (logs, not requests); honour Retry-After",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        spec._paths[path]["post"]["responses"]["429"] = _error(429)
     otlp = spec._paths["/v1/logs"]["post"]["responses"]
     for code in ("401", "403", "429"):  # a google.rpc.Status there too, like its other errors
         otlp[code] = {**otlp[code], "content": otlp["400"]["content"]}
+
+
+def _may_fail(spec: APISpec) -> None:
+    """Anything unexpected is a JSON 500 (collector.web.errors), on every operation."""
+    for operations in spec._paths.values():
+        for operation in operations.values():
+            operation["responses"].setdefault("500", _error(500))
 
 
 @docs.get("/openapi.json")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from marshmallow import ValidationError
+from marshmallow.fields import Field
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -69,9 +70,10 @@ def map_request(export: ExportLogsServiceRequest, settings: Settings) -> Mapped:
     or more, which they cannot tell from a lost integer, takes the exact ones.
     """
     limits = settings.max_message_chars, settings.max_log_data_bytes
-    device_field = log_part_schema(*limits, True, ("device_id",))
-    content = log_part_schema(*limits, True, ("message", "log_data"))
-    exact = log_part_schema(*limits, False, ("message", "log_data"))
+    # The fields themselves, without a Schema's per-load bookkeeping (it would cost more
+    # than the protocol's own work): their deserialize runs their validators.
+    checks = log_part_schema(*limits, True, ("device_id", "message", "log_data")).fields
+    exact_log_data = log_part_schema(*limits, False, ("log_data",)).fields["log_data"]
     id_attributes = settings.otlp_device_id_attributes.split(",")
     mapped = Mapped()
     for r, resource_logs in enumerate(export.resource_logs):
@@ -79,7 +81,7 @@ def map_request(export: ExportLogsServiceRequest, settings: Settings) -> Mapped:
         device, device_source = device_of(resource_logs.resource.attributes, id_attributes)
         if device is not None:
             try:
-                device_field.load({"device_id": device})
+                _load(checks["device_id"], "device_id", device)
             except ValidationError as exc:
                 device, device_source = None, _explain(exc.messages, device_source)
         resource = attributes(resource_logs.resource.attributes)
@@ -91,20 +93,29 @@ def map_request(export: ExportLogsServiceRequest, settings: Settings) -> Mapped:
                     continue
                 try:
                     candidate = to_candidate(record, device, resource, scope)
-                    part = {"message": candidate["message"], "log_data": candidate.get("log_data")}
+                    message = _load(checks["message"], "message", candidate["message"])
+                    log_data = candidate.get("log_data")
                     try:
-                        loaded = content.load(part)
+                        log_data = _load(checks["log_data"], "log_data", log_data)
                     except AmbiguousNumber:
-                        loaded = exact.load(part)
+                        log_data = _load(exact_log_data, "log_data", log_data)
                 except _Refused as refused:
                     mapped.rejected.append(f"{_where(r, s, n)}: {refused}")
                 except ValidationError as exc:
                     mapped.rejected.append(f"{_where(r, s, n)}: {_explain(exc.messages, device_source)}")
                 else:
                     mapped.logs.append({"device_id": device, "log_level": candidate["log_level"],
-                                        "message": loaded["message"], "log_data": loaded["log_data"],
+                                        "message": message, "log_data": log_data,
                                         "timestamp": candidate.get("timestamp")})
     return mapped
+
+
+def _load(field: Field, name: str, value):
+    """One field of log_schema, deserialized and validated; its errors under its name."""
+    try:
+        return field.deserialize(value)
+    except ValidationError as exc:
+        raise ValidationError({name: exc.messages}) from None
 
 
 def _where(r: int, s: int, n: int) -> str:

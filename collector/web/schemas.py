@@ -106,6 +106,11 @@ LOG_DATA_DESCRIPTION = (
     "float or a string); other numbers are IEEE 754 doubles (finite; a literal is read as the nearest "
     "double). Strings and keys: any Unicode text without NUL (U+0000). It comes back with the same "
     "meaning: integers as integers, floats as floats (1e20 as 1e+20, -0.0 with its sign), keys in order.")
+# The device-id rule as the OpenAPI document states it: DEVICE_ID_RE's, in the ECMA-262 syntax
+# that OpenAPI patterns use (\A and \Z are Python's only: JavaScript reads \A as a plain "A").
+DEVICE_ID_DOC_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$"
+DEVICE_ID_DESCRIPTION = ("The device's id: 1-100 of A-Za-z0-9 . _ : @ -, starting with a letter or digit. "
+                         "A device key accepts only the ids in its scope.")
 TIMESTAMP_DESCRIPTION = (
     "When the log was made: ISO 8601 (as Python's datetime.fromisoformat reads it, e.g. "
     "2024-05-01T12:00:00.123456+02:00 or ...Z); without an offset it is UTC. It must be an instant "
@@ -137,23 +142,35 @@ def _log_schema(max_message_chars: int, max_log_data_bytes: int, orjson_parsed: 
                 DEVICE_ID_RE,
                 error="Must be 1-100 characters: letters, digits and . _ : @ - (starting with a letter or digit).",
             ),
+            metadata={"pattern": DEVICE_ID_DOC_PATTERN, "description": DEVICE_ID_DESCRIPTION,
+                      "example": "device_001"},
         )
-        log_level = Level(required=True, metadata={"description": f"One of {', '.join(LEVELS)}, in any case."})
+        log_level = Level(required=True, metadata={
+            "enum": list(LEVELS), "example": "INFO",
+            "description": f"One of {', '.join(LEVELS)}; any case is accepted (info is INFO) and stored upper-case."})
         message = Text(orjson_parsed, required=True, validate=validate.Length(min=1, max=max_message_chars),
-                       metadata={"pattern": "^[^\\u0000]*$", "description": "Unicode text without NUL (U+0000)."})
+                       metadata={"pattern": "^[^\\u0000]*$", "description": "Unicode text without NUL (U+0000).",
+                                 "example": "Temperature above threshold"})
         log_data = LogData(max_log_data_bytes, orjson_parsed, load_default=None, allow_none=True, metadata={
             "description": LOG_DATA_DESCRIPTION.format(max_bytes=max_log_data_bytes, depth=logdata.MAX_DEPTH),
+            "example": {"temperature_c": 81.5, "threshold_c": 80, "sensor": "cpu"},
             "x-max-depth": logdata.MAX_DEPTH,
             "x-integer-minimum": logdata.MIN_INT, "x-integer-maximum": logdata.MAX_INT})
-        timestamp = UtcDateTime(load_default=None, allow_none=True, metadata={"description": TIMESTAMP_DESCRIPTION})
+        timestamp = UtcDateTime(load_default=None, allow_none=True, metadata={
+            "description": TIMESTAMP_DESCRIPTION, "example": "2024-05-01T12:00:00.123456Z"})
+        # seq and boot_id go together (check_sequence_pairs): their examples are a pair, so a
+        # body assembled from the fields' examples has both or neither.
         seq = fields.Integer(
             strict=True, allow_none=True, validate=validate.Range(min=0, max=MAX_SEQ),
             metadata={"description": "The device's number for this log, unique within boot_id; a copy with "
-                                     "the same (device_id, boot_id, seq) is stored only once."})
+                                     "the same (device_id, boot_id, seq) is stored only once. Send it with "
+                                     "boot_id or not at all (one without the other is a 422).",
+                      "example": 42})
         boot_id = Text(
             orjson_parsed, allow_none=True, validate=validate.Length(min=1, max=MAX_BOOT_ID_CHARS),
-            metadata={"description": "Names one run of the device's seq counter (e.g. a boot); required with seq. "
-                                     "Unicode text without NUL.", "pattern": "^[^\\u0000]*$"})
+            metadata={"description": "Names one run of the device's seq counter (e.g. a boot); required with seq, "
+                                     "and seq with it. Unicode text without NUL.", "pattern": "^[^\\u0000]*$",
+                      "example": "boot-2024-05-01T11:58:03Z"})
 
     return LogIn()
 
@@ -201,6 +218,7 @@ def _batch_schema(max_batch_logs: int, max_message_chars: int, max_log_data_byte
             fields.Nested(item),
             required=True,
             validate=validate.Length(min=1, max=max_batch_logs),
+            metadata={"description": f"1 to {max_batch_logs} logs, each as POST /api/log takes one."},
         )
 
     return BatchIn()
@@ -262,18 +280,19 @@ def dead_letter_args_schema(max_limit: int) -> Schema:
 # Response shapes, for the OpenAPI document (the views build plain dicts for speed).
 
 class QueuedOut(Schema):
-    status = fields.String(metadata={"example": "queued"})
+    status = fields.String(metadata={"enum": ["queued"], "example": "queued"})
     message_id = fields.String(metadata={
         "description": "Stream entry id \"<ms>-<n>\": the stored row's identity (its received_at is <ms>, "
-                       "its entry_seq <n>; SQL: stream_entry_id(received_at, entry_seq))."})
-    received_at = fields.DateTime()
+                       "its entry_seq <n>; SQL: stream_entry_id(received_at, entry_seq)).",
+        "example": "1714564800123-0"})
+    received_at = fields.DateTime(metadata={"example": "2024-05-01T12:00:00.123000+00:00"})
 
 
 class QueuedBatchOut(Schema):
-    status = fields.String(metadata={"example": "queued"})
-    count = fields.Integer()
-    message_ids = fields.List(fields.String())
-    received_at = fields.DateTime()
+    status = fields.String(metadata={"enum": ["queued"], "example": "queued"})
+    count = fields.Integer(metadata={"example": 2})
+    message_ids = fields.List(fields.String(), metadata={"example": ["1714564800123-0", "1714564800123-1"]})
+    received_at = fields.DateTime(metadata={"example": "2024-05-01T12:00:00.123000+00:00"})
 
 
 class LogsPageOut(Schema):
@@ -342,6 +361,10 @@ class SequenceAuditOut(Schema):
 
 
 class ErrorOut(Schema):
-    error = fields.String(metadata={"description": "Machine-readable code, e.g. validation_failed."})
-    message = fields.String()
-    fields = fields.Dict(metadata={"description": "Validation errors by field (and by index in a batch)."})
+    error = fields.String(metadata={
+        "description": "Machine-readable code, e.g. validation_failed.", "example": "validation_failed"})
+    message = fields.String(metadata={
+        "description": "What went wrong, for people.", "example": "The request body or query is invalid; see fields."})
+    fields = fields.Dict(metadata={
+        "description": "Only on validation errors (422): the messages by field (and by index in a batch).",
+        "example": {"log_level": ["Must be one of: DEBUG, INFO, WARNING, ERROR, CRITICAL."]}})
