@@ -17,7 +17,9 @@ what they cost).
 The logs themselves come from ``collector.devtools.fleet`` (the bench's drain
 backlog uses the same generators), device ids are checked against the service's
 own rule (``collector.core.model.DEVICE_ID_RE``), and the accepted-log count and
-the thresholds live in ``accounting.py`` beside this file. So the fleet needs
+the thresholds live in ``accounting.py`` beside this file; the web UI's "Logs" tab
+(logs/s accepted and persisted, the backlog: Locust counts requests, the
+collector logs) lives in ``logcharts.py``. So the fleet needs
 the collector installed (``make install``: it is, editable, in .venv/).
 
 Run it::
@@ -78,6 +80,7 @@ import time
 import uuid
 
 import gevent
+import logcharts  # beside this file, like accounting: the web UI's "Logs" tab and chart
 from accounting import tally  # beside this file: Locust puts its directory on sys.path
 from locust import FastHttpUser, constant, events, task
 from locust.runners import WorkerRunner
@@ -181,6 +184,7 @@ def _on_init(environment, **kwargs) -> None:
         _validate_options(environment.parsed_options)
         fleet, reader = _keys(environment.parsed_options)
         _auth.update(fleet=_bearer(fleet), reader=_bearer(reader))
+    logcharts.install(environment, _auth["reader"])
 
 
 # ---------------------------------------------------------------------------------------

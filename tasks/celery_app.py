@@ -39,7 +39,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_prefetch_multiplier=4,
         worker_send_task_events=True,  # Flower shows tasks as they run
-        task_send_sent_event=True,
+        task_send_sent_event=False,  # beat's drain ticks would show in Flower as PENDING forever (tasks/drain.py)
         timezone="UTC",
         beat_schedule_filename=settings.beat_schedule_file,
         beat_schedule=beat_schedule(settings),
@@ -76,7 +76,7 @@ def _worker_init(**kwargs) -> None:
     settings = _current_settings()
     _use_multiprocess_metrics()
     if settings.worker_metrics_port:
-        _serve_metrics(settings.worker_metrics_port, settings.worker_metrics_addr)
+        _serve_metrics(settings.worker_metrics_port, settings.worker_metrics_addr, settings.instance_name)
 
 
 def _use_multiprocess_metrics() -> None:
@@ -103,15 +103,16 @@ def _use_multiprocess_metrics() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _serve_metrics(port: int, worker_metrics_addr: str) -> None:
-    """The worker's /metrics (all pool processes added up), on WORKER_METRICS_ADDR (127.0.0.1
-    unless a container needs it reachable)."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+def _serve_metrics(port: int, worker_metrics_addr: str, instance: str) -> None:
+    """The worker's /metrics (all pool processes added up: the drain's and retention's
+    metrics only, each sample labelled collector_instance=INSTANCE_NAME), on
+    WORKER_METRICS_ADDR (127.0.0.1 unless a container needs it reachable)."""
+    from prometheus_client import start_http_server
 
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    from collector.core import metrics
+
     try:
-        start_http_server(port, addr=worker_metrics_addr, registry=registry)
+        start_http_server(port, addr=worker_metrics_addr, registry=metrics.registry(metrics.WORKER, instance))
     except OSError as exc:  # metrics are worth a warning, not a worker that will not start
         log.warning("worker metrics not served on port %s: %s", port, exc)
 

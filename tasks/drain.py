@@ -1,14 +1,30 @@
 """The drain and trim tasks, and their beat schedule.
 
-Beat sends `drain_stream` every DRAIN_INTERVAL seconds as a tick; a tick that
-finds another tick ran within the interval ends at once (pipeline.ticks: by
-Redis's clock, not Celery's `expires`, which a skewed worker clock turns into
-"revoke everything"), so ticks never pile up while workers are busy or down. A
-run stores one batch of up to BATCH_SIZE entries; when the batch was full it
-sends itself again at once, so throughput is bound by the workers, not by the
-tick, and an idle system costs one XREADGROUP per tick. Task bodies are
-one-liners around collector.pipeline; they read settings from their app
+Beat sends `drain_tick` every DRAIN_INTERVAL seconds; a tick that finds another
+tick ran within the interval ends at once (pipeline.ticks: by Redis's clock, not
+Celery's `expires`, which a skewed worker clock turns into "revoke everything"),
+so ticks never pile up while workers are busy or down. A tick that finds entries
+waiting (undelivered or pending in the group) sends `drain_stream`, which stores
+one batch of up to BATCH_SIZE entries; when the batch was full it sends itself
+again at once, so throughput is bound by the workers, not by the tick, and an
+idle system costs one round trip per tick. Task bodies are one-liners around
+collector.pipeline; they read settings from their app
 (tasks.celery_app.make_celery).
+
+Why a separate tick (what Flower shows): a beat entry always creates a task, so
+with the tick being the drain itself Flower listed one drain run per second,
+nearly all of them empty, burying the runs that moved logs. The tick sends no
+worker events (`send_events=False`), so Flower only lists `drain_stream` runs,
+and those only exist when there was something to drain (beat's own task-sent
+event, sent for every task while task_send_sent_event is on, would still list
+each tick as PENDING: celery_app turns it off); each says what it did
+in its result ("stored 100 of 100 (new), more waiting"), which Flower's task
+list shows in its `result` column (the worker's task-succeeded event carries
+the result's repr whatever task_ignore_result says; Flower shows the column when
+--tasks_columns lists `result`). The drain itself is unchanged: the same batch,
+the same sources (own pending, reclaimed, new), commit before XACK; the tick
+only decides whether a run is needed, from the group's own figures, and errs
+towards running (any pending entry, or a lag Redis cannot tell, sends one).
 """
 
 from __future__ import annotations
@@ -21,7 +37,8 @@ from psycopg_pool import PoolTimeout
 
 from collector.core.settings import Settings
 from collector.pipeline import keyring
-from collector.pipeline.drain import drain_batch
+from collector.pipeline.drain import DrainResult, drain_batch
+from collector.pipeline.group import backlog_and_memory
 from collector.pipeline.ticks import claim_tick
 from collector.pipeline.trim import trim_acknowledged
 from collector.store import keys
@@ -34,7 +51,7 @@ TRANSIENT_ERRORS = (psycopg.OperationalError, PoolTimeout, redis.ConnectionError
 def beat_schedule(settings: Settings) -> dict:
     return {
         "drain-stream": {
-            "task": "tasks.drain.drain_stream",
+            "task": "tasks.drain.drain_tick",
             "schedule": settings.drain_interval,
             "kwargs": {"tick": True},
         },
@@ -64,6 +81,34 @@ def consumer_name(worker_hostname: str | None, settings: Settings) -> str:
     return f"{worker_hostname or settings.instance_name}-{current_process_index() or 0}"
 
 
+def describe(result: DrainResult) -> str:
+    """One line for Flower's task list: what a drain run did."""
+    if not result.read:
+        return "idle"
+    text = f"stored {result.inserted} of {result.read} ({result.source})"
+    if result.duplicates:
+        text += f", {result.duplicates} duplicates"
+    if result.dead_lettered:
+        text += f", {result.dead_lettered} dead-lettered"
+    return text + (", more waiting" if result.full else "")
+
+
+# The tick is seen by the drain runs it sends, not by itself: no worker events
+# (received/started/succeeded), so Flower does not list one idle run per second.
+@shared_task(bind=True, acks_late=True, time_limit=30, send_events=False)
+def drain_tick(self, tick: bool = True) -> str:
+    """Send `drain_stream` when the group has entries not yet stored; "idle" otherwise."""
+    settings: Settings = self.app.collector_settings
+    client, _ = resources.backends(settings)
+    if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
+        return "skipped: another tick ran within DRAIN_INTERVAL"
+    backlog, _ = backlog_and_memory(client, settings.stream, settings.consumer_group)
+    if not backlog:
+        return "idle"
+    drain_stream.apply_async()
+    return f"sent drain_stream: {backlog} waiting"
+
+
 @shared_task(
     bind=True,
     acks_late=True,
@@ -75,17 +120,19 @@ def consumer_name(worker_hostname: str | None, settings: Settings) -> str:
     retry_backoff_max=30,
     max_retries=3,
 )
-def drain_stream(self, tick: bool = False) -> int:
+def drain_stream(self, tick: bool = False) -> str:
+    """Store one batch; returns what it did, for Flower's task list (describe)."""
     settings: Settings = self.app.collector_settings
     client, pool = resources.backends(settings)
+    # `tick`: messages a beat of an earlier version sent; they claim the tick as before.
     if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
-        return 0
+        return "skipped: another tick ran within DRAIN_INTERVAL"
     consumer = resources.consumer(settings, consumer_name(self.request.hostname, settings))
     with pool.connection() as conn:
         result = drain_batch(client, conn, settings, consumer, resources.cache_client(settings))
     if result.full:
         self.apply_async()
-    return result.read
+    return describe(result)
 
 
 @shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)

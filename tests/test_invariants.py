@@ -72,7 +72,7 @@ def test_every_beat_entry_names_a_registered_task_and_is_a_tick_without_expiry(b
         assert entry["kwargs"] == {"tick": True}, f"beat entry {name} is not a tick"
     # The schedule is the one these settings ask for (not one frozen when tasks/ was imported).
     every = {entry["task"]: entry["schedule"] for entry in entries.values()}
-    assert every["tasks.drain.drain_stream"] == drain_interval
+    assert every["tasks.drain.drain_tick"] == drain_interval
     assert every["tasks.drain.trim_stream"] == trim_interval
 
 

@@ -249,11 +249,17 @@ LABEL_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 
 
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, {matchers}) of every selector in `expr`; the label names of by/without
+    clauses are not selectors, even one named collector_instance."""
+    return SELECTOR.findall(GROUPING.sub("", expr))
+
+
 def unknown_references(expr: str, exported: dict[str, set[str]], recorded: set[str]) -> list[str]:
     """Metric names in `expr` that neither the code exports nor a recording rule defines, and
     label names matched on a metric that does not carry them; [] when all is known."""
     problems = []
-    for name, matchers in SELECTOR.findall(expr):
+    for name, matchers in selectors(expr):
         if name == "up" or name in recorded:
             continue
         if name not in exported:
@@ -276,6 +282,8 @@ def test_the_reference_check_can_fail():
         "collector_requests_rejected_total{raeson}"]
     assert unknown_references("sum by (reason) (collector_requests_rejected_total)", exported, set()) == []
     assert unknown_references("sum by (device) (collector_logs_accepted_total)", exported, set()) == ["device"]
+    assert unknown_references("sum by (collector_instance) (collector_logs_accepted_total)", exported, set()) == [
+        "collector_instance"]  # a label name, checked as one (not exported here), not as a metric name
 
 
 def sample_labels(text: str) -> dict[str, set[str]]:
@@ -422,6 +430,52 @@ def test_prometheus_scrapes_every_process_and_sees_logs_move(live):
     assert firing == []  # a healthy stack (the `for:` durations keep even a blip pending)
 
 
+API_FAMILIES = {"collector_logs_accepted", "collector_requests_rejected", "collector_http_request_duration_seconds",
+                "collector_stream_length", "collector_stream_pending", "collector_stream_lag",
+                "collector_oldest_unstored_age_seconds"}
+WORKER_FAMILIES = {"collector_logs_persisted", "collector_logs_duplicates_skipped", "collector_logs_dead_lettered",
+                   "collector_drain_batch_duration_seconds", "collector_drain_batch_entries",
+                   "collector_partitions_dropped", "collector_logs_expired", "collector_dead_letters_expired"}
+
+
+def families_by_instance(text: str) -> dict[str, set[str]]:
+    """Every collector_* family of a /metrics body with the collector_instance values its samples carry."""
+    found: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith("collector_"):
+            found.setdefault(family.name, set()).update(s.labels.get("collector_instance", "") for s in family.samples)
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_every_sample_names_the_process_that_exported_it(live):
+    """collector_instance = INSTANCE_NAME (tests/stack.py: api1, api2, test-worker) on every
+    sample; the API exports no drain family and the worker no API family, not even at 0."""
+    prom = live["prometheus"]
+    wait_until(lambda: requests.get(live["worker_metrics"], timeout=2).status_code == 200, 60,
+               "the worker's metrics server", interval=0.5)
+    post_logs(live["api1"], 3, "monitored-3")
+    api1 = families_by_instance(requests.get(f"{live['api1']}/metrics", timeout=5).text)
+    api2 = families_by_instance(requests.get(f"{live['api2']}/metrics", headers={"Authorization": f"Bearer {TOKEN}"},
+                                             timeout=5).text)
+    worker = families_by_instance(requests.get(live["worker_metrics"], timeout=5).text)
+    assert set(api1) == API_FAMILIES  # api1 also answered a 422: collector_requests_rejected_total{reason}
+    # a labelled counter has no series before its first value (api2 may have refused nothing yet)
+    assert API_FAMILIES - {"collector_requests_rejected"} <= set(api2) <= API_FAMILIES
+    assert set(worker) == WORKER_FAMILIES  # all of them from the start, retention's too
+    assert set().union(*api1.values()) == {"api1"}
+    assert set().union(*api2.values()) == {"api2"}
+    assert set().union(*worker.values()) == {"test-worker"}
+    # and as Prometheus stores them: one series per process, told apart by collector_instance
+    wait_until(lambda: {r["metric"]["collector_instance"] for r in query(
+        prom, "count by (collector_instance) (collector_logs_accepted_total)")} == {"api1", "api2"}, 30,
+        "collector_logs_accepted_total from api1 and api2", interval=0.5)
+    stored = query(prom, "count by (job, collector_instance) (collector_logs_persisted_total)")
+    assert {(r["metric"]["job"], r["metric"]["collector_instance"]) for r in stored} == {
+        ("collector-worker", "test-worker")}
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_rules_and_dashboard_use_only_exported_metrics(live):
@@ -438,6 +492,6 @@ def test_rules_and_dashboard_use_only_exported_metrics(live):
     problems = {expr: unknown_references(expr, exported, recorded) for expr in rules + dashboard_exprs()}
     assert {expr: p for expr, p in problems.items() if p} == {}
     # and every collector metric family the code exports is on the dashboard
-    used = {name for expr in dashboard_exprs() for name, _ in SELECTOR.findall(expr)}
+    used = {name for expr in dashboard_exprs() for name, _ in selectors(expr)}
     families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in exported if n.startswith("collector_")}
     assert families - {re.sub(r"_(bucket|count|sum)$", "", n) for n in used} == set()

@@ -185,6 +185,10 @@ class Settings:
     metrics_token: str = _setting(
         "METRICS_TOKEN", "", _any_text,
         "Bearer token that may scrape /metrics (besides admin keys); empty: admin keys only.", secret=True)
+    flower_url: str = _setting(
+        "FLOWER_URL", "http://127.0.0.1:5555", _url("http", "https"),
+        "Flower's address as a browser reaches it, linked from the landing page `/` (Flower is a process "
+        "of its own; `make run` and docker-compose serve it on 127.0.0.1:5555).")
     keys_sync_interval: float = _setting(
         "KEYS_SYNC_INTERVAL", 10.0, _float(0.5),
         "Seconds between beat's copies of the keys table to Redis (and of last-use times back).")

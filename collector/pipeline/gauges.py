@@ -1,4 +1,8 @@
-"""Stream figures as Prometheus gauges, read from Redis at scrape time."""
+"""Stream figures as Prometheus gauges, read from Redis at scrape time.
+
+The API's /metrics serves them (collector.web.admin, through collector.core.metrics.render,
+which adds the collector_instance label); the worker's does not. Every API instance reads
+the same Redis, so queries take their max across instances, never their sum."""
 
 from __future__ import annotations
 

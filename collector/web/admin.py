@@ -23,5 +23,8 @@ def dead_letters():
 
 def prometheus_metrics():
     s = settings()
-    body, content_type = metrics.render([StreamCollector(backends().redis, s.stream, s.consumer_group)])
+    # The API's own metrics and the stream gauges (read from Redis now), all labelled with this
+    # instance's name: nginx sends a scrape through its port to whichever instance it picks.
+    body, content_type = metrics.render(metrics.API, s.instance_name,
+                                        [StreamCollector(backends().redis, s.stream, s.consumer_group)])
     return Response(body, content_type=content_type)

@@ -57,8 +57,3 @@ def live():
         return {"status": "down", "checks": {"redis": False}}, 503, {"Retry-After": str(settings().retry_after)}
     return {"status": "up", "checks": {"redis": True}}
 
-
-def index():
-    """Where to go from here, for whoever opens the collector's address."""
-    return {"service": "device-log-collector", "docs": "/docs", "openapi": "/openapi.json", "health": "/health",
-            "auth": "Authorization: Bearer <key> (python -m collector.keys create ...)"}

@@ -208,10 +208,15 @@ def build_spec(settings: Settings) -> dict:
                       "503": {"description": "Redis unreachable: a body like 200's (not an Error)",
                               "content": {"application/json": {"schema": live, "example": {
                                   "status": "down", "checks": {"redis": False}}}}}}}})
-    spec.path("/", operations={"get": {"summary": "Where to go from here", "responses": _ok(
-        {"type": "object", "additionalProperties": {"type": "string"}, "example": {
+    landing = _ok({"type": "object", "properties": {
+        "pipeline": {"type": "object", "nullable": True, "description": "Only for reader and admin keys: "
+                     "accepted, persisted, backlog and dead_lettered, as /api/stats counts them."}},
+        "additionalProperties": {"type": "string"}, "example": {
             "service": "device-log-collector", "docs": "/docs", "openapi": "/openapi.json", "health": "/health",
-            "auth": "Authorization: Bearer <key> (python -m collector.keys create ...)"}}, "Links")}})
+            "auth": "Authorization: Bearer <key> (python -m collector.keys create ...)"}},
+        "Links (JSON for Accept: application/json, */* or none; an HTML page for browsers)")
+    landing["200"]["content"]["text/html"] = {"schema": {"type": "string"}}
+    spec.path("/", operations={"get": {"summary": "Where to go from here", "responses": landing}})
     _secure(spec, settings)
     _may_fail(spec)
     return spec.to_dict()

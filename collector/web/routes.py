@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from collector.web import admin, health, ingest, otlp, query
+from collector.web import admin, health, ingest, landing, otlp, query
 
 # One blueprint, so endpoint names (and the `endpoint` label of the latency
 # metric) stay `api.<view>` whichever module a view lives in.
@@ -21,7 +21,7 @@ for rule, view, methods in (
     ("/metrics", admin.prometheus_metrics, ["GET"]),
     ("/health", health.health, ["GET"]),
     ("/livez", health.live, ["GET"]),
-    ("/", health.index, ["GET"]),
+    ("/", landing.index, ["GET"]),
 ):
     api.add_url_rule(rule, view_func=view, methods=methods)
 
