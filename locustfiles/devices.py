@@ -17,7 +17,7 @@ what they cost).
 The logs themselves come from ``collector.devtools.fleet`` (the bench's drain
 backlog uses the same generators), device ids are checked against the service's
 own rule (``collector.core.model.DEVICE_ID_RE``), and the accepted-log count and
-the thresholds live in ``accounting.py`` beside this file; the web UI's "Logs" tab
+the thresholds live in ``accounting.py`` beside this file; the web UI's "Collector logs" tab
 (logs/s accepted and persisted, the backlog: Locust counts requests, the
 collector logs) lives in ``logcharts.py``. So the fleet needs
 the collector installed (``make install``: it is, editable, in .venv/).
@@ -80,7 +80,7 @@ import time
 import uuid
 
 import gevent
-import logcharts  # beside this file, like accounting: the web UI's "Logs" tab and chart
+import logcharts  # beside this file, like accounting: the web UI's "Collector logs" tab and chart
 from accounting import tally  # beside this file: Locust puts its directory on sys.path
 from locust import FastHttpUser, constant, events, task
 from locust.runners import WorkerRunner

@@ -1,4 +1,4 @@
-"""Logs, not requests: a "Logs" tab and chart in Locust's web UI.
+"""Logs, not requests: a "Collector logs" tab and chart in Locust's web UI.
 
 Locust counts requests; the collector's unit is logs (a batch request carries
 several). One greenlet on the process that serves the web UI (the master, or the
@@ -120,7 +120,8 @@ def install(environment, reader_headers: dict | None) -> None:
     web_ui = environment.web_ui
     if web_ui is None:
         return
-    web_ui.template_args["extended_tabs"] = [{"title": "Logs", "key": TAB}]
+    # Not "Logs": Locust has a tab of that name already (its log viewer).
+    web_ui.template_args["extended_tabs"] = [{"title": "Collector logs", "key": TAB}]
     web_ui.template_args["extended_tables"] = [{"key": TAB, "structure": [
         {"key": "name", "title": "Logs"},
         {"key": "per_second", "title": "Per second"},

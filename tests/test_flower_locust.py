@@ -162,7 +162,7 @@ def test_locust_web_ui_shows_logs_per_second_and_flower_sees_what_drains_did(api
 
         # The tab: declared in the page's template args, its rows added to /stats/requests.
         page = requests.get(f"{web}/", timeout=5).text
-        assert '"extended_tabs": [{"key": "logs", "title": "Logs"}]' in page
+        assert '"extended_tabs": [{"key": "logs", "title": "Collector logs"}]' in page
         stats = requests.get(f"{web}/stats/requests", timeout=5).json()
         [tab] = stats["extended_stats"]
         assert tab["key"] == "logs"

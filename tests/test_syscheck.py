@@ -1,6 +1,6 @@
 """`make install`'s check for the system programs: redis-server, PostgreSQL and nginx (the
-stack runs them) and promtool/prometheus and amtool (the tests use them); one command to
-run, per platform."""
+stack runs them) and promtool/prometheus, amtool, Chromium and chromedriver (the tests use
+them); one command to run, per platform."""
 
 from __future__ import annotations
 
@@ -47,11 +47,24 @@ def test_missing_test_tools_are_named_but_do_not_stop_make_run():
     said = []
     lookup = {**EVERYTHING, "promtool/prometheus": False, "amtool": False}.copy
     assert syscheck.check(said.append, lookup, manager="apt", as_root=False) == 0
-    assert said == ["missing: promtool/prometheus, amtool. The tests use them (tests/test_monitoring.py); "
-                    "install them with:\n    sudo apt-get install -y prometheus prometheus-alertmanager"]
+    assert said == ["missing: promtool/prometheus, amtool. The tests use them (tests/test_monitoring.py, "
+                    "tests/test_browser.py); install them with:\n"
+                    "    sudo apt-get install -y prometheus prometheus-alertmanager"]
     said.clear()
     assert syscheck.check(said.append, lookup, manager="brew", as_root=False) == 0
     assert said[0].endswith("brew install prometheus alertmanager")
+
+
+def test_a_missing_browser_names_chromium_and_its_driver():
+    said = []
+    lookup = {**EVERYTHING, "chromium": False, "chromedriver": False}.copy
+    assert syscheck.check(said.append, lookup, manager="apt", as_root=False) == 0
+    assert said == ["missing: chromium, chromedriver. The tests use them (tests/test_monitoring.py, "
+                    "tests/test_browser.py); install them with:\n"
+                    "    sudo apt-get install -y chromium chromium-driver"]
+    said.clear()
+    assert syscheck.check(said.append, lookup, manager="dnf", as_root=False) == 0
+    assert said[0].endswith("sudo dnf install -y chromium chromedriver")
 
 
 def test_both_kinds_missing_get_a_command_each_and_fail():
@@ -67,12 +80,14 @@ def test_as_root_on_debian_it_installs_what_is_missing(monkeypatch):
     monkeypatch.setattr(syscheck.subprocess, "run",
                         lambda argv, **kw: commands.append(argv) or subprocess.CompletedProcess(argv, 0))
     monkeypatch.setattr(syscheck.shutil, "which", lambda name: f"/usr/bin/{name}")
-    answers = iter([{**EVERYTHING, "nginx": False, "promtool/prometheus": False}, EVERYTHING])
+    answers = iter([{**EVERYTHING, "nginx": False, "promtool/prometheus": False, "chromium": False,
+                     "chromedriver": False}, EVERYTHING])
     said = []
     assert syscheck.check(said.append, lambda: next(answers), manager="apt", as_root=True) == 0
-    assert said == ["installing nginx, promtool/prometheus (apt-get, as root)"]
+    assert said == ["installing nginx, promtool/prometheus, chromium, chromedriver (apt-get, as root)"]
     assert commands == [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "nginx"],
-                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"]]
+                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus", "chromium",
+                         "chromium-driver"]]
 
 
 def test_this_machine_has_everything_the_stack_runs_and_the_tests_use():

@@ -3,7 +3,9 @@
 Two kinds: what the stack runs (redis-server, PostgreSQL's initdb and pg_ctl, nginx),
 without which `make run` cannot start, and what the tests use besides (Prometheus's
 promtool and prometheus, Alertmanager's amtool: tests/test_monitoring.py checks the
-files under monitoring/ with them and scrapes a real stack).
+files under monitoring/ with them and scrapes a real stack; Chromium and its driver,
+chromedriver: tests/test_browser.py opens the landing page, Swagger UI, Flower and
+Locust's web UI in a real, headless browser).
 
 Where one is missing it prints the one command that installs them on this platform
 (Debian/Ubuntu apt, Fedora dnf, macOS brew): a program the stack runs fails the check,
@@ -27,19 +29,23 @@ from collector.devtools.servers import postgres_bin
 
 # What the stack runs, and what only the tests use.
 STACK = ("redis-server", "initdb/pg_ctl", "nginx")
-TEST_TOOLS = ("promtool/prometheus", "amtool")
+TEST_TOOLS = ("promtool/prometheus", "amtool", "chromium", "chromedriver")
 
 # program -> package, per package manager
 PACKAGES = {
     "apt": {"redis-server": "redis-server", "initdb/pg_ctl": "postgresql", "nginx": "nginx",
-            "promtool/prometheus": "prometheus", "amtool": "prometheus-alertmanager"},
+            "promtool/prometheus": "prometheus", "amtool": "prometheus-alertmanager", "chromium": "chromium",
+            "chromedriver": "chromium-driver"},
     "dnf": {"redis-server": "redis", "initdb/pg_ctl": "postgresql-server", "nginx": "nginx",
-            "promtool/prometheus": "golang-github-prometheus", "amtool": "golang-github-prometheus-alertmanager"},
+            "promtool/prometheus": "golang-github-prometheus", "amtool": "golang-github-prometheus-alertmanager",
+            "chromium": "chromium", "chromedriver": "chromedriver"},
     "brew": {"redis-server": "redis", "initdb/pg_ctl": "postgresql@15", "nginx": "nginx",
-             "promtool/prometheus": "prometheus", "amtool": "alertmanager"},
+             "promtool/prometheus": "prometheus", "amtool": "alertmanager", "chromium": "chromium",
+             "chromedriver": "chromedriver"},
 }
 COMMANDS = {"apt": "sudo apt-get install -y", "dnf": "sudo dnf install -y", "brew": "brew install"}
-WHY = {STACK: "The stack runs them", TEST_TOOLS: "The tests use them (tests/test_monitoring.py)"}
+WHY = {STACK: "The stack runs them",
+       TEST_TOOLS: "The tests use them (tests/test_monitoring.py, tests/test_browser.py)"}
 
 
 def found() -> dict[str, bool]:
@@ -49,6 +55,8 @@ def found() -> dict[str, bool]:
         "nginx": nginx_binary() is not None,
         "promtool/prometheus": shutil.which("promtool") is not None and shutil.which("prometheus") is not None,
         "amtool": shutil.which("amtool") is not None,
+        "chromium": shutil.which("chromium") is not None or shutil.which("chromium-browser") is not None,
+        "chromedriver": shutil.which("chromedriver") is not None,
     }
 
 
@@ -82,7 +90,8 @@ def _apt_install(missing: list[str]) -> None:
     if stack:
         subprocess.run(["apt-get", "install", "-y", "-qq", *stack], env=env, check=False)
     if tools:
-        # Only the binaries: Prometheus's recommended exporters are not what the tests need.
+        # Only the binaries: Prometheus's recommended exporters, Chromium's fonts and
+        # extras are not what the tests need.
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *tools], env=env,
                        check=False)
 
