@@ -38,7 +38,7 @@ from psycopg_pool import PoolTimeout
 from collector.core.settings import Settings
 from collector.pipeline import keyring
 from collector.pipeline.drain import DrainResult, drain_batch
-from collector.pipeline.group import backlog_and_memory
+from collector.pipeline.group import backlog
 from collector.pipeline.ticks import claim_tick
 from collector.pipeline.trim import trim_acknowledged
 from collector.store import keys
@@ -102,11 +102,11 @@ def drain_tick(self, tick: bool = True) -> str:
     client, _ = resources.backends(settings)
     if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
         return "skipped: another tick ran within DRAIN_INTERVAL"
-    backlog, _ = backlog_and_memory(client, settings.stream, settings.consumer_group)
-    if not backlog:
+    waiting = backlog(client, settings.stream, settings.consumer_group)
+    if not waiting:
         return "idle"
     drain_stream.apply_async()
-    return f"sent drain_stream: {backlog} waiting"
+    return f"sent drain_stream: {waiting} waiting"
 
 
 @shared_task(

@@ -114,15 +114,24 @@ def oldest_unstored_age(client: redis.Redis, stream: str, group: str) -> float |
     return pipeline_stats(client, stream, group)["oldest_unstored_age_seconds"]
 
 
+def backlog_of(figures: dict) -> int:
+    """Entries not yet stored, from pipeline_stats' figures: lag + pending, or the whole
+    stream when Redis cannot tell the lag (entries deleted mid-stream): be conservative."""
+    if figures["lag"] is None:
+        return figures["stream_length"]
+    return figures["lag"] + figures["pending"]
+
+
+def backlog(client: redis.Redis, stream: str, group: str) -> int:
+    """Entries not yet stored, one round trip."""
+    return backlog_of(_read_figures(client, stream, group, memory=False)[0])
+
+
 def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:
     """(entries not yet stored, used_memory / maxmemory or 0.0 when unbounded), one round trip."""
     figures, memory = _read_figures(client, stream, group, memory=True)
-    if figures["lag"] is None:  # Redis cannot tell (entries deleted mid-stream): be conservative
-        backlog = figures["stream_length"]
-    else:
-        backlog = figures["lag"] + figures["pending"]
     maxmemory = memory.get("maxmemory", 0)
-    return backlog, (memory["used_memory"] / maxmemory) if maxmemory else 0.0
+    return backlog_of(figures), (memory["used_memory"] / maxmemory) if maxmemory else 0.0
 
 
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:

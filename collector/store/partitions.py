@@ -68,28 +68,26 @@ def existing(conn: psycopg.Connection) -> list[Partition]:
     return sorted(found, key=lambda p: p.start)
 
 
+def _set_lock_timeout(conn: psycopg.Connection) -> None:
+    """For the transaction in progress: give up on a lock after LOCK_TIMEOUT (see the module doc)."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+
+
 def _create(conn: psycopg.Connection, part: Partition) -> None:
-    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF logs FOR VALUES FROM ({}) TO ({})").format(
-        sql.Identifier(part.name), sql.Literal(f"{part.start} 00:00:00+00"), sql.Literal(f"{part.end} 00:00:00+00")))
+    with conn.transaction():
+        _set_lock_timeout(conn)
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF logs FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(part.name), sql.Literal(f"{part.start} 00:00:00+00"),
+            sql.Literal(f"{part.end} 00:00:00+00")))
+    log.info("created partition", extra={"partition": part.name, "from": str(part.start), "to": str(part.end)})
 
 
 def create_ahead(conn: psycopg.Connection, interval: int, ahead: int, today: dt.date) -> list[str]:
     """Create the current partition and `ahead` more after it, where missing (emptying the
     default partition first if it holds rows); returns the new ones."""
     created = empty_default(conn, interval)[1]
-    have = existing(conn)
-    part = bucket(today, interval)
-    for _ in range(ahead + 1):
-        if not any(p.start < part.end and part.start < p.end for p in have):  # nothing covers it yet
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                _create(conn, part)
-            have.append(part)
-            created.append(part.name)
-            log.info("created partition", extra={"partition": part.name, "from": str(part.start),
-                                                  "to": str(part.end)})
-        part = bucket(part.end, interval)
-    return created
+    last = bucket(today, interval).end + dt.timedelta(days=ahead * interval - 1)
+    return created + create_covering(conn, interval, today, last)
 
 
 def create_covering(conn: psycopg.Connection, interval: int, first: dt.date, last: dt.date) -> list[str]:
@@ -106,9 +104,7 @@ def create_covering(conn: psycopg.Connection, interval: int, first: dt.date, las
             start = max([part.start, *[p.end for p in have if p.end <= day]])
             end = min([part.end, *[p.start for p in have if p.start > day]])
             covering = Partition(f"logs_{start:%Y%m%d}", start, end)
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                _create(conn, covering)
+            _create(conn, covering)
             have.append(covering)
             created.append(covering.name)
         day = covering.end
@@ -127,7 +123,7 @@ def empty_default(conn: psycopg.Connection, interval: int) -> tuple[int, list[st
         return 0, []
     with conn.transaction():
         conn.execute("SET LOCAL TimeZone = 'UTC'")
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+        _set_lock_timeout(conn)
         # Inserts routed to the default partition wait until the rows are in place.
         conn.execute("LOCK TABLE logs IN SHARE ROW EXCLUSIVE MODE")
         conn.execute("CREATE TEMPORARY TABLE moving ON COMMIT DROP AS SELECT * FROM logs WITH NO DATA")
@@ -155,7 +151,7 @@ def drop_expired(conn: psycopg.Connection, retention_days: int, now: dt.datetime
         if dt.datetime.combine(part.end, dt.time(), dt.UTC) > cutoff:
             continue
         with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            _set_lock_timeout(conn)
             conn.execute(sql.SQL("ALTER TABLE logs DETACH PARTITION {}").format(sql.Identifier(part.name)))
             rows = conn.execute(
                 "WITH gone AS (DELETE FROM log_counts WHERE day >= %s AND day < %s RETURNING n)"

@@ -14,6 +14,7 @@ from functools import cache
 
 from flask import render_template_string, request
 
+from collector.pipeline.group import backlog_of
 from collector.web import query
 from collector.web.auth import principal
 from collector.web.extensions import settings
@@ -91,11 +92,7 @@ def pipeline_figures() -> dict | None:
     except Exception:  # any backend failure: the page without figures, not an error
         log.warning("landing page: pipeline figures unavailable", exc_info=True)
         return None
-    # The backlog as back-pressure counts it (group.backlog_and_memory): lag + pending, or
-    # the whole stream when Redis cannot tell the lag.
-    lag = pipeline["lag"]
-    backlog = pipeline["stream_length"] if lag is None else lag + pipeline["pending"]
-    return {"accepted": pipeline["accepted"], "persisted": pipeline["persisted"], "backlog": backlog,
+    return {"accepted": pipeline["accepted"], "persisted": pipeline["persisted"], "backlog": backlog_of(pipeline),
             "dead_lettered": pipeline["dead_lettered"]}
 
 

@@ -24,7 +24,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from collector.core.settings import Settings
 from collector.web.logdata import AmbiguousNumber
-from collector.web.schemas import log_part_schema
+from collector.web.schemas import log_schema
 
 # severity_number 1-24 in ranges of four (TRACE, DEBUG, INFO, WARN, ERROR, FATAL), in order.
 _LEVEL_OF_RANGE = ("DEBUG", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -72,8 +72,8 @@ def map_request(export: ExportLogsServiceRequest, settings: Settings) -> Mapped:
     limits = settings.max_message_chars, settings.max_log_data_bytes
     # The fields themselves, without a Schema's per-load bookkeeping (it would cost more
     # than the protocol's own work): their deserialize runs their validators.
-    checks = log_part_schema(*limits, True, ("device_id", "message", "log_data")).fields
-    exact_log_data = log_part_schema(*limits, False, ("log_data",)).fields["log_data"]
+    checks = log_schema(*limits, True).fields
+    exact_log_data = log_schema(*limits, False).fields["log_data"]
     id_attributes = settings.otlp_device_id_attributes.split(",")
     mapped = Mapped()
     for r, resource_logs in enumerate(export.resource_logs):

@@ -175,15 +175,6 @@ def _log_schema(max_message_chars: int, max_log_data_bytes: int, orjson_parsed: 
     return LogIn()
 
 
-@lru_cache(maxsize=16)
-def log_part_schema(max_message_chars: int, max_log_data_bytes: int, orjson_parsed: bool,
-                    only: tuple[str, ...]) -> Schema:
-    """log_schema's own fields, some of them: for callers (OTLP's mapping) that check the
-    other fields once for many logs, or make them valid by construction. The same field
-    objects' rules apply, so the two cannot drift apart."""
-    return type(log_schema(max_message_chars, max_log_data_bytes, orjson_parsed))(only=only)
-
-
 SEQ_PAIR_ERROR = "seq and boot_id go together: send both or neither."
 
 
