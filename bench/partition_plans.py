@@ -4,8 +4,9 @@ over 30 daily partitions as at 50 thousand?
 Loads `--small` rows spread over `--days` days of receive time (partitions created
 as the maintenance task would), runs each read query of the API several times with
 ``EXPLAIN (ANALYZE, BUFFERS)`` and keeps the median; then loads up to `--rows` rows and
-does it again. The queries are the collector's own (collector.store.logs): a device's
-newest logs (GET /api/logs/<device_id>), the per-level totals and the recent devices
+does it again. The queries are the collector's own (collector.store.search and .logs): a
+device's newest logs (GET /api/logs/<device_id>), filtered and fleet-wide pages
+(GET /api/logs), the device list, the per-level totals and the recent devices
 (/api/stats), plus a count bounded in receive time (partition pruning). Rows are
 written straight into the table with generate_series (the drain would take hours for
 50 million): the batch5.lua kind of logs, from `--devices` devices.
@@ -53,6 +54,21 @@ COUNT = """
     ON CONFLICT (writer, day, log_level) DO UPDATE SET n = log_counts.n + EXCLUDED.n
 """
 
+DEVICE_COUNT = """
+    INSERT INTO device_counts (writer, day, device_id, debug, info, warning, error, critical, last_seen)
+    SELECT 'bench', %(oldest)s::date + (i %% %(days)s)::int, 'dev-' || (i / %(days)s %% %(devices)s),
+           count(*) FILTER (WHERE i / %(days)s %% 5 = 0), count(*) FILTER (WHERE i / %(days)s %% 5 = 1),
+           count(*) FILTER (WHERE i / %(days)s %% 5 = 2), count(*) FILTER (WHERE i / %(days)s %% 5 = 3),
+           count(*) FILTER (WHERE i / %(days)s %% 5 = 4),
+           %(oldest)s::timestamptz + max(i %% %(days)s) * interval '1 day'
+    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i GROUP BY 2, 3
+    ON CONFLICT (writer, day, device_id) DO UPDATE
+    SET debug = device_counts.debug + EXCLUDED.debug, info = device_counts.info + EXCLUDED.info,
+        warning = device_counts.warning + EXCLUDED.warning, error = device_counts.error + EXCLUDED.error,
+        critical = device_counts.critical + EXCLUDED.critical,
+        last_seen = greatest(device_counts.last_seen, EXCLUDED.last_seen)
+"""
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.partition_plans", description=__doc__.split("\n\n")[1])
@@ -81,15 +97,31 @@ def fill(conn, args, first: int, last: int, oldest: dt.datetime) -> None:
         with conn.transaction():
             conn.execute(FILL, {**params, "first": lo, "last": hi})
             conn.execute(COUNT, {**params, "first": lo, "last": hi})
+            conn.execute(DEVICE_COUNT, {**params, "first": lo, "last": hi})
         log(f"  {hi + 1:,} rows")
 
 
 def measure(conn, device: str) -> dict:
+    from psycopg import sql
+
     from collector.store import logs as storage
+    from collector.store import search
+    from collector.store.search import LogFilter
 
     now = conn.execute("SELECT max(received_at) FROM logs").fetchone()[0]
+    day_ago = now - dt.timedelta(days=1)
+
+    def page(**filters):
+        return search.page_query(LogFilter(**filters), limit=100)
+
     queries = {
-        "device newest 100 (GET /api/logs/<id>)": (storage.DEVICE_LOGS, (device, 100)),
+        "device newest 100 (GET /api/logs/<id>)": page(device_ids=(device,)),
+        "device ERROR and up, 100 (min_level)": page(device_ids=(device,), min_level="ERROR"),
+        "device, q=reading, 100": page(device_ids=(device,), q="reading"),
+        "fleet newest 100 (GET /api/logs)": page(),
+        "fleet, last day, data={\"t\":21.5}, 100": page(since=day_ago, data={"t": 21.5}),
+        "fleet, q matching nothing (trigram index)": page(q="watchdog reset"),
+        "device list (GET /api/devices)": (search.DEVICES.format(where=""), ()),
         "level totals (/api/stats)": (storage.LEVEL_TOTALS, ()),
         "recent devices (/api/stats)": (storage.RECENT_DEVICES, (1000, 10)),
         "count of the last hour (pruned)": ("SELECT count(*) FROM logs WHERE received_at > %s",
@@ -97,11 +129,14 @@ def measure(conn, device: str) -> dict:
     }
     results = {}
     for name, (query, params) in queries.items():
+        statement = sql.SQL(query) if isinstance(query, str) else query
         times, plan = [], None
         for _ in range(RUNS):
-            plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, params).fetchone()[0][0]
+            explain = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(statement)
+            plan = conn.execute(explain, params).fetchone()[0][0]
             times.append(plan["Execution Time"])
-        text = "\n".join(r[0] for r in conn.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + query, params))
+        explain = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}").format(statement)
+        text = "\n".join(r[0] for r in conn.execute(explain, params))
         top = plan["Plan"]
         results[name] = {"ms": round(statistics.median(times), 3),
                          "buffers": top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),

@@ -138,9 +138,9 @@ def test_the_landing_page_renders_and_its_links_lead_where_they_say(browser, sta
     wait(browser).until(ec.title_contains("Device log collector"))
     assert visible(browser, "h1").text == "Device log collector"
     hrefs = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "a")}
-    expected = {f"{front}/docs", f"{front}/openapi.json", f"{front}/health", f"{front}/livez",
+    expected = {f"{front}/console", f"{front}/docs", f"{front}/openapi.json", f"{front}/health", f"{front}/livez",
                 f"{front}/metrics", f"{front}/api/stats", flower, f"{flower}/"}
-    assert {f"{front}/docs", f"{front}/health", f"{front}/metrics"} <= hrefs and hrefs & {flower, f"{flower}/"}, hrefs
+    assert {f"{front}/console", f"{front}/docs", f"{front}/health", f"{front}/metrics"} <= hrefs and hrefs & {flower, f"{flower}/"}, hrefs
     assert hrefs <= expected, hrefs - expected
     # Keys off: everyone is an admin, so the page shows the pipeline's figures.
     figures = {row.find_element(By.TAG_NAME, "th").text: row.find_element(By.CSS_SELECTOR, "td.n").text

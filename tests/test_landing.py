@@ -98,7 +98,8 @@ def test_curl_and_programs_get_json_with_the_old_keys_and_the_new(secured, secur
     assert response.status_code == 200 and response.mimetype == "application/json"
     body = response.get_json()
     assert OLD_KEYS <= set(body)
-    assert body == {"service": "device-log-collector", "docs": "/docs", "openapi": "/openapi.json",
+    assert body == {"service": "device-log-collector", "console": "/console", "docs": "/docs",
+                    "openapi": "/openapi.json",
                     "health": "/health", "livez": "/livez", "metrics": "/metrics", "stats": "/api/stats",
                     "flower": secured_settings.flower_url, "auth": landing.AUTH_HINT,
                     "version": importlib.metadata.version("device-log-collector")}

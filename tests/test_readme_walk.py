@@ -1,4 +1,4 @@
-"""The README's Quick start and API examples, walked in order against a real stack (nginx,
+"""The README's Quick start, API and Finding and watching logs examples, walked in order against a real stack (nginx,
 two Gunicorn APIs, a worker and beat, keys on), as a newcomer would after `make run`.
 
 The demo keys are made as `make run` makes them (var/demo-keys.env, here in a scratch
@@ -31,7 +31,7 @@ from tests.stack import Stack
 
 README = (ROOT / "README.md").read_text()
 README_URL = "http://127.0.0.1:18723"
-SECTIONS = ("Quick start", "API")
+SECTIONS = ("Quick start", "API", "Finding and watching logs")
 KEY_VARIABLES = ("COLLECTOR_KEY", "COLLECTOR_READER_KEY", "COLLECTOR_ADMIN_KEY")
 # What curl prints after each answer in the walk (a shell function adds it): the status.
 STATUS_MARK = "@@readme-walk-status="
@@ -278,7 +278,8 @@ def test_the_matcher_takes_variable_parts_and_refuses_fixed_ones():
 
 def test_a_curl_block_without_a_marker_or_an_answer_fails_the_walk():
     marked = "<!-- tested: one -->\n```bash\ncurl -s http://127.0.0.1:18723/livez\n# {\"status\":\"up\"}\n```\n"
-    readme = "## Quick start\n\n" + marked + "## API\n\n```bash\ncurl -s http://127.0.0.1:18723/x\n```\n## Keys\n"
+    readme = ("## Quick start\n\n" + marked + "## API\n\n```bash\ncurl -s http://127.0.0.1:18723/x\n```\n"
+              "## Finding and watching logs\n\n## Keys\n")
     with pytest.raises(AssertionError, match="without a <!-- tested"):
         walked_blocks(readme)
     both = walked_blocks(readme.replace("## API\n\n", "## API\n\n<!-- tested: two -->\n"))

@@ -27,7 +27,7 @@ from psycopg import sql
 
 from collector.core.model import LEVELS, MAX_SEQ
 from collector.pipeline.drain import drain_batch
-from collector.store import logs as storage
+from collector.store import search
 from collector.store.migrations import migrate
 from collector.web.logdata import MAX_DEPTH, MAX_INT, MIN_INT
 from tests.conftest import ADMIN_DATABASE_URL, database_url, truncate_all_tables
@@ -321,7 +321,7 @@ def test_reads_do_not_depend_on_the_session_time_zone(rt_client, redis_client, r
         {"device_id": "time-3", "log_level": "INFO", "message": "last", "timestamp": "9999-12-31T23:59:59.999999Z"},
     ]})
     drain_all(redis_client, tz_db, rt_settings)
-    rows = storage.device_logs(tz_db, "time-3", 10)  # tz_db is a Chatham session
+    rows = search.search(tz_db, search.LogFilter(device_ids=("time-3",)), limit=10).rows  # a Chatham session
     assert [row["created_at"] for row in rows] == [dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
                                                    dt.datetime(1, 1, 1, tzinfo=UTC)]
     assert all(row["created_at"].utcoffset() == dt.timedelta(0) for row in rows)

@@ -9,7 +9,8 @@ import pytest
 from marshmallow import ValidationError
 
 from collector.web.logdata import AmbiguousNumber
-from collector.web.schemas import batch_schema, log_schema, query_args_schema
+from collector.web.schemas import batch_schema, log_schema
+from collector.web.search_schemas import query_args_schema
 
 LOG = log_schema(10_000, 16_384)
 BATCH = batch_schema(1000, 10_000, 16_384)

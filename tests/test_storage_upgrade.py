@@ -69,7 +69,7 @@ def test_upgrade_keeps_every_row_once_while_the_stack_runs(old_database, base_se
 
     # The upgrade: the SQL migration (a rename, a moment), then the new code runs while
     # `make migrate`'s copy moves the old rows across.
-    assert apply_migrations(old_database) == ["0007.partitioned-logs"]
+    assert apply_migrations(old_database) == ["0007.partitioned-logs", "0008.log-search"]
     stack = Stack({"REDIS_URL": settings.redis_url, "DATABASE_URL": old_database, "KEY_PREFIX": prefix,
                    "DRAIN_INTERVAL": "0.5"}, tmp_path)
     request.addfinalizer(stack.stop)

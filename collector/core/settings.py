@@ -214,7 +214,19 @@ class Settings:
         "OTLP_DEVICE_ID_ATTRIBUTES", "device.id,service.instance.id,host.name", _names,
         "Resource attributes that name an OTLP log's device (POST /v1/logs), in order: the first present is used.")
     max_query_limit: int = _setting(
-        "MAX_QUERY_LIMIT", 1000, _int(1), "Largest `limit` of GET /api/logs/<device_id>.")
+        "MAX_QUERY_LIMIT", 1000, _int(1), "Largest `limit` of the log queries, the device list and dead letters.")
+    query_timeout_ms: int = _setting(
+        "QUERY_TIMEOUT_MS", 5000, _int(100),
+        "Longest an API query may run in PostgreSQL (the statement_timeout of the API's connections); a log "
+        "query past it is answered 422 query_too_broad, asking for a narrower one.")
+    tail_max_per_key: int = _setting(
+        "TAIL_MAX_PER_KEY", 10, _int(1), "Live tails one key may hold open at once (across every API process).")
+    tail_heartbeat_seconds: float = _setting(
+        "TAIL_HEARTBEAT_SECONDS", 15.0, _float(0.1),
+        "Seconds between heartbeat comments on an idle live tail (keeps proxies from closing it).")
+    tail_poll_interval: float = _setting(
+        "TAIL_POLL_INTERVAL", 0.2, _float(0.01),
+        "Seconds between two looks, by each API process, for newly stored logs to send to its open tails.")
     redis_timeout: float = _setting(
         "REDIS_TIMEOUT", 0.5, _float(0.01),
         "Seconds to wait on Redis (connect and each reply) before answering 503.")

@@ -76,6 +76,7 @@ def banner(env: dict[str, str], own_servers: list, var: Path) -> str:
         "",
         "  The stack is ready.",
         f"  front (nginx)   {front}/   <- start here: what runs and how to send a first log",
+        f"  console         {front}/console (a reader key: COLLECTOR_READER_KEY below)",
         f"  API docs        {front}/docs",
         f"  health          {front}/health",
         f"  metrics         {front}/metrics (admin key or METRICS_TOKEN)",

@@ -38,7 +38,19 @@ _MOVE = """
                device_id, message, log_data, boot_id
         FROM moved
         ON CONFLICT (received_at, entry_seq, stream) DO NOTHING
-        RETURNING received_at, log_level
+        RETURNING received_at, device_id, log_level
+    ), device_counted AS (  -- migration 0008's device list counts moved rows as the drain does
+        INSERT INTO device_counts (writer, day, device_id, debug, info, warning, error, critical, last_seen)
+        SELECT 'migration', (received_at AT TIME ZONE 'UTC')::date, device_id,
+               count(*) FILTER (WHERE log_level = 'DEBUG'), count(*) FILTER (WHERE log_level = 'INFO'),
+               count(*) FILTER (WHERE log_level = 'WARNING'), count(*) FILTER (WHERE log_level = 'ERROR'),
+               count(*) FILTER (WHERE log_level = 'CRITICAL'), max(received_at)
+        FROM stored GROUP BY 2, 3
+        ON CONFLICT (writer, day, device_id) DO UPDATE
+        SET debug = device_counts.debug + EXCLUDED.debug, info = device_counts.info + EXCLUDED.info,
+            warning = device_counts.warning + EXCLUDED.warning, error = device_counts.error + EXCLUDED.error,
+            critical = device_counts.critical + EXCLUDED.critical,
+            last_seen = greatest(device_counts.last_seen, EXCLUDED.last_seen)
     )
     SELECT '-infinity', log_level::text, -count(*) FROM moved GROUP BY log_level
     UNION ALL

@@ -12,11 +12,8 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 
-import orjson
 import psycopg
-from psycopg.rows import dict_row
 
 from collector.core.model import LEVELS, Row, entry_identity
 from collector.store import sequences
@@ -45,6 +42,22 @@ ADD_COUNTS = """
     INSERT INTO log_counts (writer, day, log_level, n) VALUES (%s, %s, %s, %s)
     ON CONFLICT (writer, day, log_level) DO UPDATE SET n = log_counts.n + EXCLUDED.n
 """
+
+# The same per device (a column per level), with the newest receive time: the device
+# list (migration 0008). One statement for the whole batch: arrays, one element per
+# device and day, in key order.
+ADD_DEVICE_COUNTS = """
+    INSERT INTO device_counts (writer, day, device_id, debug, info, warning, error, critical, last_seen)
+    SELECT %s, * FROM unnest(%s::date[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
+                             %s::bigint[], %s::timestamptz[])
+    ON CONFLICT (writer, day, device_id) DO UPDATE
+    SET debug = device_counts.debug + EXCLUDED.debug, info = device_counts.info + EXCLUDED.info,
+        warning = device_counts.warning + EXCLUDED.warning, error = device_counts.error + EXCLUDED.error,
+        critical = device_counts.critical + EXCLUDED.critical,
+        last_seen = greatest(device_counts.last_seen, EXCLUDED.last_seen)
+"""
+_LEVEL_COLUMN = {level: i for i, level in enumerate(LEVELS)}
+
 
 # Stream identity -> log_streams.id, per connection: a stream's id never changes (rows of
 # log_streams are never deleted), and a new connection asks again, so a cache entry can
@@ -88,13 +101,16 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
                 received, entry_seq, day = entry_identity(stream_id)
                 params.append((received, created, seq, entry_seq, level, streams[stream], device, message,
                                data, boot))
-                days.append(day)
+                days.append((day, device, received))
             cur.executemany(INSERT_LOG, params, returning=True)
-            by_day: Counter[tuple[dt.date, str]] = Counter()
-            for row, day in zip(rows, days, strict=True):  # one result set per row: empty when skipped
-                for (level,) in cur.fetchall():
+            # (day, device) -> [DEBUG, INFO, WARNING, ERROR, CRITICAL counts, last seen]
+            by_device: dict[tuple[dt.date, str], list] = {}
+            for row, (day, device, received) in zip(rows, days, strict=True):  # one result set per row
+                for (level,) in cur.fetchall():  # empty when skipped
                     inserted[level] += 1
-                    by_day[day, level] += 1
+                    count = by_device.setdefault((day, device), [0, 0, 0, 0, 0, received])
+                    count[_LEVEL_COLUMN[level]] += 1
+                    count[5] = max(count[5], received)
                     stored.append(row)
                 cur.nextset()
         if claims is not None:
@@ -103,7 +119,16 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
             # hide its number from the gap audit.
             claims.record(cur, [row for row in stored if row[8] is not None])
         if inserted:
-            cur.executemany(ADD_COUNTS, [(writer, day, level, n) for (day, level), n in sorted(by_day.items())])
+            # In key order, so that two transactions of one writer (a run overlapping its retry)
+            # lock counter rows in the same order and cannot deadlock.
+            by_day: Counter[tuple[dt.date, str]] = Counter()
+            for (day, _), count in by_device.items():
+                for level, column in _LEVEL_COLUMN.items():
+                    by_day[day, level] += count[column]
+            cur.executemany(ADD_COUNTS, [(writer, day, level, n) for (day, level), n in sorted(by_day.items()) if n])
+            keys = sorted(by_device)
+            cur.execute(ADD_DEVICE_COUNTS, [writer, [day for day, _ in keys], [device for _, device in keys],
+                                            *([by_device[key][column] for key in keys] for column in range(6))])
     return inserted
 
 
@@ -150,16 +175,6 @@ def stored_stream_ids(conn: psycopg.Connection, stream: str, stream_ids: Sequenc
     return {stream_id for (stream_id,) in rows}
 
 
-# A device's newest logs: the top of its range in each partition's device index, merged
-# (bench/partition_plans.py shows the plan at 50 million rows).
-DEVICE_LOGS = """
-    SELECT id, device_id, log_level::text, message, log_data::text AS log_data,
-           created_at AT TIME ZONE 'UTC' AS created_at
-    FROM logs WHERE device_id = %s
-    ORDER BY logs.created_at DESC, logs.id DESC  -- qualified: the column (and its index), not the alias
-    LIMIT %s
-"""
-
 LEVEL_TOTALS = "SELECT log_level, sum(n)::bigint FROM log_counts GROUP BY log_level"
 
 # The devices of the newest `window` rows by receive time (the top of each partition's
@@ -172,22 +187,6 @@ RECENT_DEVICES = """
     ) AS ranked
     GROUP BY device_id ORDER BY min(rank) LIMIT %s
 """
-
-
-def device_logs(conn: psycopg.Connection, device_id: str, limit: int) -> list[dict]:
-    """A device's newest logs first, with the seed's fields: log_data as the JSON it was
-    sent as, created_at in UTC whatever the session's TimeZone."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(DEVICE_LOGS, (device_id, limit))
-        rows = cur.fetchall()
-    for row in rows:
-        # orjson, as ingest: rows stored as jsonb before migration 0006 print 1e20 as a
-        # 21-digit integer, which orjson reads back as the float it was (the stdlib would
-        # make it an integer no answer can write).
-        if row["log_data"] is not None:
-            row["log_data"] = orjson.loads(row["log_data"])
-        row["created_at"] = row["created_at"].replace(tzinfo=UTC)
-    return rows
 
 
 def table_stats(conn: psycopg.Connection, recent_window: int = 1000, recent_devices: int = 10) -> dict:

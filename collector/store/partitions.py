@@ -156,6 +156,7 @@ def drop_expired(conn: psycopg.Connection, retention_days: int, now: dt.datetime
             rows = conn.execute(
                 "WITH gone AS (DELETE FROM log_counts WHERE day >= %s AND day < %s RETURNING n)"
                 " SELECT coalesce(sum(n), 0)::bigint FROM gone", (part.start, part.end)).fetchone()[0]
+            conn.execute("DELETE FROM device_counts WHERE day >= %s AND day < %s", (part.start, part.end))
             _add_expired(conn, "logs", rows)
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
         dropped.append((part.name, rows))

@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json = OrjsonProvider(app)
     app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes)
 
-    db = make_db_pool(settings, settings.db_pool_size, name=f"collector-api-{settings.instance_name}")
+    db = make_db_pool(settings, settings.db_pool_size, name=f"collector-api-{settings.instance_name}",
+                      statement_timeout=settings.query_timeout_ms / 1000)
     # Without waiting: the API must start, and keep accepting logs, while PostgreSQL is down.
     db.open(wait=False)
     atexit.register(db.close)

@@ -29,7 +29,13 @@ ACCESS: dict[str, tuple[str, ...] | None] = {
     "api.ingest_log": ("device", "admin"),
     "api.ingest_batch": ("device", "admin"),
     "api.otlp_logs": ("device", "admin"),
+    "api.console": PUBLIC,  # the page and its assets; its API calls carry the key typed into it
+    "api.console_asset": PUBLIC,
     "api.device_logs": ("device", "reader", "admin"),
+    "api.fleet_logs": ("device", "reader", "admin"),
+    "api.device_tail": ("device", "reader", "admin"),
+    "api.fleet_tail": ("device", "reader", "admin"),
+    "api.devices": ("device", "reader", "admin"),
     "api.device_sequence": ("device", "reader", "admin"),
     "api.stats": ("reader", "admin"),
     "api.dead_letters": ("admin",),
@@ -53,12 +59,20 @@ def principal() -> Principal | None:
     return g.get("principal")
 
 
+# Endpoints that also take the key as ?access_token=: a browser's EventSource cannot send
+# headers. nginx's access log leaves the query string out for them (collector.conf.template).
+TOKEN_IN_QUERY = ("api.device_tail", "api.fleet_tail")
+
+
 def presented_secret() -> str | None:
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
-    return request.headers.get("X-API-Key")
+    key = request.headers.get("X-API-Key")
+    if key is None and request.endpoint in TOKEN_IN_QUERY:
+        key = request.args.get("access_token")
+    return key
 
 
 def register(app: Flask) -> None:

@@ -11,6 +11,8 @@ The base class still decides everything (the status, the warning it logs, the ac
 log line): its HTML answer is written to a stand-in socket, only its status line is
 kept, and the client gets {"error": "<code>", "message": "<text>"} with that status.
 tests/test_front_door.py checks it against a real Gunicorn, directly and behind nginx.
+
+It also tells the live tails when a graceful shutdown starts (collector.web.stopping).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import re
 
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
+
+from collector.web import stopping
 
 # Codes for the statuses Gunicorn answers itself, named as nginx's answers for the same
 # condition are (nginx/collector.conf.template); others become the reason in snake case.
@@ -55,6 +59,12 @@ def json_answer(status: int, reason: str, detail: str) -> bytes:
 
 
 class JsonErrorWorker(GeventWorker):
+    def handle_exit(self, sig, frame):
+        # Graceful shutdown (SIGTERM): live tails end their streams now, so their clients
+        # reconnect elsewhere with Last-Event-ID instead of being cut at graceful_timeout.
+        stopping.request()
+        super().handle_exit(sig, frame)
+
     def handle_error(self, req, client, addr, exc):
         captured = _Captured()
         super().handle_error(req, captured, addr, exc)

@@ -46,6 +46,8 @@ td,th{padding:.2rem .9rem .2rem 0;text-align:left}td.n{text-align:right;font-var
 in a Redis stream and stored in PostgreSQL in batches.</p>
 <h2>Links</h2>
 <ul>
+<li><a href="{{ links.console }}">Console</a>: devices, their logs with filters, and a live tail
+  (a reader key)</li>
 <li><a href="{{ links.docs }}">API documentation</a> (Swagger UI) and the
   <a href="{{ links.openapi }}">OpenAPI document</a></li>
 <li><a href="{{ links.health }}">Health</a>: can this instance reach Redis and PostgreSQL;
@@ -102,7 +104,7 @@ def wants_html() -> bool:
 
 
 def index():
-    links = {"docs": "/docs", "openapi": "/openapi.json", "health": "/health", "livez": "/livez",
+    links = {"console": "/console", "docs": "/docs", "openapi": "/openapi.json", "health": "/health", "livez": "/livez",
              "metrics": "/metrics", "stats": "/api/stats", "flower": settings().flower_url}
     who = principal()
     figures = who is not None and who.role in FIGURES_ROLES

@@ -10,6 +10,8 @@ operation exactly so, from the served document.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from functools import lru_cache
 
 from apispec import APISpec
@@ -18,7 +20,8 @@ from flask import Blueprint, current_app, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from collector.core.settings import Settings
-from collector.web import schemas
+from collector.store.search import LogFilter, encode_cursor
+from collector.web import schemas, search_schemas
 
 docs = Blueprint("docs", __name__)
 
@@ -121,7 +124,7 @@ def build_spec(settings: Settings) -> dict:
         "LogIn": log_in, "BatchIn": batch_in, "Queued": schemas.QueuedOut, "QueuedBatch": schemas.QueuedBatchOut,
         "LogsPage": schemas.LogsPageOut, "Stats": schemas.StatsOut, "Health": schemas.HealthOut,
         "DeadLettersPage": schemas.DeadLettersPageOut, "Error": schemas.ErrorOut,
-        "SequenceAudit": schemas.SequenceAuditOut,
+        "SequenceAudit": schemas.SequenceAuditOut, "DevicesPage": search_schemas.DevicesPageOut,
     }.items():
         spec.components.schema(name, component.get(name), schema=schema)
 
@@ -166,10 +169,46 @@ def build_spec(settings: Settings) -> dict:
         "summary": "Gap audit: per boot_id, the seq numbers received and the ranges missing",
         "parameters": [device_id],
         "responses": {**_ok("SequenceAudit"), **_errors(422, 503, e422=_QUERY_422)}}})
+    filters = _filter_parameters(settings)
     spec.path("/api/logs/{device_id}", operations={"get": {
-        "summary": "A device's logs, newest first",
-        "parameters": [device_id, limit("logs")],
+        "summary": "A device's logs, newest first, filtered and paged by cursor",
+        "description": "Without filters or cursor the first page is cached until the device's next log is stored.",
+        "parameters": [device_id, limit("logs"), *filters(fleet=False)],
         "responses": {**_ok("LogsPage"), **_errors(422, 503, e422=_QUERY_422)}}})
+    spec.path("/api/logs", operations={"get": {
+        "summary": "Logs of the fleet (or of the devices named), filtered and paged by cursor",
+        "parameters": [limit("logs"), *filters(fleet=True)],
+        "responses": {**_ok("LogsPage"), **_errors(422, 503, e422=_QUERY_422)}}})
+    spec.path("/api/devices", operations={"get": {
+        "summary": "Devices with stored logs: last seen and logs per level, most recently seen first",
+        "parameters": [{**limit("devices"), "schema": {"type": "integer", "minimum": 1,
+                                                       "maximum": settings.max_query_limit,
+                                                       "default": settings.max_query_limit}},
+                       filters(fleet=True)[-1]],
+        "responses": {**_ok("DevicesPage"), **_errors(422, 503, e422=_QUERY_422)}}})
+    stream = {"200": {"description": "Server-Sent Events: `id:` a position to resume from (Last-Event-ID), "
+                                     "`data:` one log as JSON (a LogsPage entry); comments as heartbeats",
+                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+    resume = [{"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+               "description": "The id of the last event received: the tail resumes right after it, missing "
+                              "nothing stored meanwhile."},
+              {"name": "last_event_id", "in": "query", "required": False, "schema": {"type": "string"},
+               "example": "0-0", "description": "The same as a parameter (for curl)."}]
+    spec.path("/api/logs/{device_id}/tail", operations={"get": {
+        "summary": "A live tail of a device's logs as they are stored (Server-Sent Events)",
+        "parameters": [device_id, *resume, *filters(fleet=False, tail=True)],
+        "responses": {**stream, **_errors(422, 429, 503, e422=_QUERY_422)}}})
+    spec.path("/api/logs/tail", operations={"get": {
+        "summary": "A live tail of the fleet's logs (or the devices named) as they are stored (Server-Sent Events)",
+        "parameters": [*resume, *filters(fleet=True, tail=True)],
+        "responses": {**stream, **_errors(422, 429, 503, e422=_QUERY_422)}}})
+    html = {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+    spec.path("/console", operations={"get": {"summary": "The console: devices, logs, filters and live tail",
+                                              "responses": html}})
+    spec.path("/console/assets/{name}", operations={"get": {
+        "summary": "The console's scripts and styles", "responses": {"200": {"description": "The file"}},
+        "parameters": [{"name": "name", "in": "path", "required": True, "example": "console.js",
+                        "schema": {"type": "string"}}]}})
     spec.path("/api/stats", operations={"get": {
         "summary": "Totals, levels, recent devices and the pipeline's figures",
         "responses": {**_ok("Stats"), **_errors(503)}}})
@@ -220,6 +259,40 @@ def build_spec(settings: Settings) -> dict:
     _secure(spec, settings)
     _may_fail(spec)
     return spec.to_dict()
+
+
+FILTER_EXAMPLES = {"level": "WARNING,ERROR", "min_level": "DEBUG", "since": "2000-01-01T00:00:00Z",
+                   "until": "2100-01-01T00:00:00Z", "q": "temperature", "data": '{"sensor":"temp-1"}',
+                   "order": "desc"}
+
+
+def _filter_parameters(settings: Settings):
+    """The filters' query parameters, from query_args_schema, each with an example that Swagger
+    UI's Try it out can send as it is (the cursor continues the query the examples make)."""
+    def parameters(fleet: bool, tail: bool = False) -> list[dict]:
+        schema = search_schemas.query_args_schema(settings.max_query_limit, fleet=fleet)
+        examples = {**FILTER_EXAMPLES, "device_id": [DEVICE_EXAMPLE], "device_prefix": DEVICE_EXAMPLE[:7]}
+        filt = LogFilter(device_ids=tuple(examples["device_id"]) if fleet else (DEVICE_EXAMPLE,),
+                         device_prefix=examples["device_prefix"] if fleet else None,
+                         levels=tuple(examples["level"].split(",")), min_level=examples["min_level"],
+                         since=dt.datetime.fromisoformat(examples["since"]),
+                         until=dt.datetime.fromisoformat(examples["until"]), q=examples["q"],
+                         data=json.loads(examples["data"]))
+        examples["cursor"] = encode_cursor((dt.datetime(9999, 1, 1, tzinfo=dt.UTC), 2**62),
+                                                 filt.fingerprint(examples["order"]))
+        found = []
+        for name, field in schema.fields.items():
+            if name == "limit" or (tail and name in ("order", "cursor")):
+                continue
+            array = name == "device_id"
+            found.append({"name": name, "in": "query", "required": False, "example": examples[name],
+                          "description": field.metadata["description"],
+                          "schema": {"type": "array", "items": {"type": "string"}} if array else
+                          {"type": "string", **({"enum": ["desc", "asc"], "default": "desc"}
+                                                if name == "order" else {})}})
+        return found
+
+    return parameters
 
 
 def _otlp_logs(spec: APISpec, settings: Settings, idempotency_key: dict) -> None:
@@ -275,6 +348,10 @@ _ROLES = {
     ("/api/logs/batch", "post"): "device (every log in scope) or admin",
     ("/v1/logs", "post"): "device (every record's device in scope) or admin",
     ("/api/logs/{device_id}", "get"): "device (in scope), reader or admin",
+    ("/api/logs", "get"): "device (the devices named, in scope), reader or admin",
+    ("/api/devices", "get"): "device (lists its own), reader or admin",
+    ("/api/logs/{device_id}/tail", "get"): "device (in scope), reader or admin; also as ?access_token=",
+    ("/api/logs/tail", "get"): "device (the devices named, in scope), reader or admin; also as ?access_token=",
     ("/api/devices/{device_id}/sequence", "get"): "device (in scope), reader or admin",
     ("/api/stats", "get"): "reader or admin",
     ("/api/dead-letters", "get"): "admin",

@@ -3,19 +3,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import psycopg
 from flask import request
 
 from collector.core.model import DEVICE_ID_RE
 from collector.pipeline import cache, counters
 from collector.pipeline.group import pipeline_stats
-from collector.store import deadletters, partitions, sequences
+from collector.store import deadletters, partitions, search, sequences
 from collector.store import logs as storage
-from collector.web.auth import forbidden, principal
+from collector.store.search import LogFilter
+from collector.web.auth import TOKEN_IN_QUERY, forbidden, principal
 from collector.web.errors import ApiError
 from collector.web.extensions import backends, settings
-from collector.web.schemas import LogOut, query_args_schema
+from collector.web.schemas import LogOut
+from collector.web.search_schemas import DeviceOut, device_list_args_schema, query_args_schema
 
 _log_out = LogOut(many=True)
+_device_out = DeviceOut(many=True)
 # Missing ranges listed per boot in the sequence audit; the total missing count is always exact.
 MAX_MISSING_RANGES = 1000
 
@@ -29,18 +35,107 @@ def _check_device_id(device_id: str) -> None:
         raise forbidden(f"Device {device_id!r} is outside this key's scope ({who.scope}).")
 
 
-def device_logs(device_id: str):
+def filter_args(device_id: str | None = None) -> tuple[LogFilter, dict]:
+    """The filter and the other arguments (limit, order, cursor) of a log query or tail: for
+    one device (in the path) or, with device_id None, the fleet, within the caller's scope."""
     s = settings()
-    _check_device_id(device_id)
-    limit = query_args_schema(s.max_query_limit).load(request.args.to_dict())["limit"]
+    args = request.args.to_dict()
+    if request.endpoint in TOKEN_IN_QUERY:  # a tail's own parameters, not filters
+        args.pop("access_token", None)
+        args.pop("last_event_id", None)
+    for repeatable in ("level", "device_id"):  # level=A,B and level=A&level=B alike
+        if repeatable in args:
+            values = request.args.getlist(repeatable)
+            args[repeatable] = values if repeatable == "device_id" else ",".join(values)
+    loaded = query_args_schema(s.max_query_limit, fleet=device_id is None).load(args)
+    if device_id is not None:
+        _check_device_id(device_id)
+        devices, prefix = (device_id,), None
+    else:
+        devices, prefix = tuple(dict.fromkeys(loaded.pop("device_id", ()))), loaded.pop("device_prefix", None)
+        _check_fleet_scope(devices, prefix)
+    filt = LogFilter(device_ids=devices, device_prefix=prefix, levels=loaded.pop("level", ()),
+                     min_level=loaded.pop("min_level", None), since=loaded.pop("since", None),
+                     until=loaded.pop("until", None), q=loaded.pop("q", None), data=loaded.pop("data", None))
+    return filt, loaded
+
+
+def _check_fleet_scope(devices: tuple[str, ...], prefix: str | None) -> None:
+    """Readers and admins read the fleet; a device key only what its scope covers, named."""
+    who = principal()
+    if who is None or who.may_read():
+        return
+    if devices:
+        for device in devices:
+            if not who.may_read(device):
+                raise forbidden(f"Device {device!r} is outside this key's scope ({who.scope}).")
+    elif prefix is None or who.device_prefix is None or not prefix.startswith(who.device_prefix):
+        raise forbidden(f"A device key reads only its own devices ({who.scope}): name them with device_id"
+                        + (" or a device_prefix within its prefix." if who.device_prefix else "."))
+
+
+def _after(cursor: str, fingerprint: str) -> tuple[dt.datetime, int]:
+    try:
+        return search.decode_cursor(cursor, fingerprint)
+    except ValueError as exc:
+        raise ApiError(422, "validation_failed", "The query is invalid; see fields.", {"cursor": [str(exc)]}) from None
+
+
+def _page(filt: LogFilter, limit: int, order: str, cursor: str | None) -> dict:
+    fingerprint = filt.fingerprint(order)
+    after = _after(cursor, fingerprint) if cursor is not None else None
+    try:
+        with backends().db.connection() as conn:
+            page = search.search(conn, filt, order=order, limit=limit, after=after)
+    except psycopg.errors.QueryCanceled:
+        raise ApiError(422, "query_too_broad",
+                       f"The query ran longer than QUERY_TIMEOUT_MS ({settings().query_timeout_ms} ms): narrow "
+                       "it with since/until, a device, or a level.") from None
+    return {"data": _log_out.dump(page.rows),
+            "next_cursor": search.encode_cursor(page.next_key, fingerprint) if page.next_key else None}
+
+
+def device_logs(device_id: str):
+    """A device's logs, newest first, filtered and paged; the plain first page is cached."""
+    s = settings()
+    filt, args = filter_args(device_id)
+    limit, order, cursor = args["limit"], args["order"], args.get("cursor")
+    if filt != LogFilter(device_ids=(device_id,)) or order != "desc" or cursor is not None:
+        page, source = _page(filt, limit, order, cursor), "database"
+    else:
+        page, source = backends().cache.cached(cache.device_scope(device_id), str(limit), s.logs_cache_ttl,
+                                               lambda: _page(filt, limit, order, None))
+    return {"total": len(page["data"]), "source": source, **page}
+
+
+def fleet_logs():
+    """Logs of every device (or those named, or of a prefix), with the same filters and pages."""
+    filt, args = filter_args()
+    page = _page(filt, args["limit"], args["order"], args.get("cursor"))
+    return {"total": len(page["data"]), "source": "database", **page}
+
+
+def devices():
+    """Devices with stored logs: last seen (receive time) and totals per level, most recent first."""
+    s = settings()
+    args = device_list_args_schema(s.max_query_limit).load(request.args.to_dict())
+    who = principal()
+    prefix = args.get("device_prefix")
+    scope_devices: tuple[str, ...] = ()
+    if who is not None and not who.may_read():  # a device key: its own device(s) only
+        if who.device_id is not None:
+            scope_devices = (who.device_id,)
+        elif prefix is None or not prefix.startswith(who.device_prefix or "\0"):
+            prefix = who.device_prefix
     b = backends()
 
     def from_database() -> list[dict]:
         with b.db.connection() as conn:
-            return _log_out.dump(storage.device_logs(conn, device_id, limit))
+            return _device_out.dump(search.devices(conn, scope_devices, prefix))
 
-    data, source = b.cache.cached(cache.device_scope(device_id), str(limit), s.logs_cache_ttl, from_database)
-    return {"total": len(data), "source": source, "data": data}
+    found, source = b.cache.cached(cache.STATS_SCOPE, f"devices:{scope_devices}:{prefix}", s.stats_cache_ttl,
+                                   from_database)
+    return {"total": len(found), "source": source, "devices": found[:args["limit"]]}
 
 
 def device_sequence(device_id: str):

@@ -228,19 +228,6 @@ class LogOut(Schema):
         "description": "The log's timestamp (or its receive time), in UTC (+00:00), to the microsecond."})
 
 
-@lru_cache(maxsize=8)
-def query_args_schema(max_limit: int) -> Schema:
-    """Query string of GET /api/logs/<device_id>."""
-
-    class QueryArgs(Schema):
-        class Meta:
-            unknown = RAISE
-
-        limit = fields.Integer(load_default=min(100, max_limit), validate=validate.Range(min=1, max=max_limit))
-
-    return QueryArgs()
-
-
 class DeadLetterOut(Schema):
     """A dead letter as GET /api/dead-letters returns it."""
 
@@ -287,9 +274,11 @@ class QueuedBatchOut(Schema):
 
 
 class LogsPageOut(Schema):
-    total = fields.Integer()
+    total = fields.Integer(metadata={"description": "How many logs this page holds."})
     source = fields.String(metadata={"enum": ["cache", "database"]})
     data = fields.List(fields.Nested(LogOut))
+    next_cursor = fields.String(allow_none=True, metadata={
+        "description": "Pass it as ?cursor= with the same filters for the next page; null on the last page."})
 
 
 class PipelineOut(Schema):
