@@ -294,22 +294,27 @@ class Device(FastHttpUser):
         self._post("/api/logs/batch", {"logs": [self._log() for _ in range(size)]}, size, check)
 
     def read_own_logs(self) -> None:
-        with self.client.get(f"/api/logs/{self.device_id}?limit=20", name="/api/logs/[device_id]",
-                             headers=self.auth, catch_response=True) as resp:
-            body = _json(resp)
-            if resp.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                resp.failure(_describe(resp, "expected 200 with a data list"))
-            else:
-                resp.success()
+        self._read(f"/api/logs/{self.device_id}?limit=20", "/api/logs/[device_id]", self.auth, "data",
+                   "expected 200 with a data list")
 
     def read_stats(self) -> None:
-        with self.client.get("/api/stats", name="/api/stats", headers=self.reader_auth,
-                             catch_response=True) as resp:
-            body = _json(resp)
-            if resp.status_code != 200 or not isinstance(body, dict) or "total_logs" not in body:
-                resp.failure(_describe(resp, "expected 200 with total_logs"))
-            else:
-                resp.success()
+        self._read("/api/stats", "/api/stats", self.reader_auth, "total_logs", "expected 200 with total_logs")
+
+    def _read(self, path: str, name: str, headers, field: str, expected: str) -> None:
+        """GET, retrying 502/503/504 and broken connections as _post does (Retry-After)."""
+        for attempt in range(1, MAX_TRIES + 1):
+            with self.client.get(path, name=name, headers=headers, catch_response=True) as resp:
+                if self.exactly_once and attempt < MAX_TRIES and resp.status_code in RETRY_STATUSES:
+                    resp.success()
+                    wait = resp.headers.get("Retry-After") if resp.headers else None
+                else:
+                    body = _json(resp)
+                    if resp.status_code != 200 or not isinstance(body, dict) or field not in body:
+                        resp.failure(_describe(resp, expected))
+                    else:
+                        resp.success()
+                    return
+            gevent.sleep(min(MAX_RETRY_WAIT, float(wait)) if wait and wait.isdigit() else 0.2)
 
 
 def _bearer(key: str) -> dict[str, str] | None:

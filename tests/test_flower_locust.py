@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -21,6 +22,8 @@ from tasks.celery_app import make_celery
 from tasks.drain import describe, drain_stream, drain_tick
 from tests.stack import BIN, Stack
 from tests.test_drain import count, enqueue
+
+SAMPLE_SECONDS = 3.0  # locustfiles/logcharts.py: one sample of the figures every 3 s
 
 
 @pytest.fixture
@@ -180,6 +183,10 @@ def test_locust_web_ui_shows_logs_per_second_and_flower_sees_what_drains_did(api
         accepted = figures()["latest"]["accepted"]
         assert accepted > 0
         assert any((s["accepted_per_second"] or 0) > 0 for s in figures()["history"])
+        # The figures are sampled: an answer that came in just after the first reading counts in
+        # the next sample, so read again once a sample later.
+        time.sleep(SAMPLE_SECONDS + 0.5)
+        accepted = figures()["latest"]["accepted"]
         wait_until(lambda: (figures()["latest"]["persisted"] or 0) - baseline >= accepted, 60,
                    f"{accepted} logs persisted, as the Locust figures show")
         assert figures()["latest"]["backlog"] == 0
