@@ -51,7 +51,8 @@ def register_consumer(client: redis.Redis, stream: str, group: str, consumer: st
     client.xgroup_createconsumer(stream, group, consumer)
 
 
-def _group_info(groups: list | Exception, group: str) -> dict | None:
+def group_info(groups: list | Exception, group: str) -> dict | None:
+    """The group's entry in an XINFO GROUPS reply; None for no such group (or no stream)."""
     if isinstance(groups, Exception):  # no stream yet
         return None
     return next((g for g in groups if g["name"].decode() == group), None)
@@ -73,7 +74,7 @@ def _read_figures(client: redis.Redis, stream: str, group: str, memory: bool) ->
     for reply in (length, *info):
         if isinstance(reply, Exception):
             raise reply
-    return _group_figures(length, _group_info(groups, group)), (info[0] if info else None)
+    return _group_figures(length, group_info(groups, group)), (info[0] if info else None)
 
 
 def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
@@ -94,7 +95,7 @@ def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
     for reply in (length, now):
         if isinstance(reply, Exception):
             raise reply
-    info = _group_info(groups, group)
+    info = group_info(groups, group)
     candidates = []
     if not isinstance(pending, Exception) and pending["pending"]:
         candidates.append(parse_id(pending["min"]))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import redis
 
-from collector.pipeline.group import epoch_key, parse_id
+from collector.pipeline.group import epoch_key, group_info, parse_id
 from collector.store.positions import Position
 
 
@@ -46,7 +46,7 @@ def stored_up_to(client: redis.Redis, stream: str, group: str) -> Position | Non
             return Position(epoch, 0, 0)
         if isinstance(reply, Exception):
             raise reply
-    info = next((g for g in groups if g["name"].decode() == group), None)
+    info = group_info(groups, group)
     if info is None:
         return Position(epoch, 0, 0)
     delivered = parse_id(info["last-delivered-id"])

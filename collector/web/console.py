@@ -116,9 +116,3 @@ def console_asset(name: str) -> Response:
         response.cache_control.immutable = True
     response.headers.update(SECURITY_HEADERS)
     return response
-
-
-# The names routes.py binds; the endpoints are named after the functions (api.console,
-# api.console_asset), as auth.ACCESS lists them.
-page = console
-asset = console_asset

@@ -10,7 +10,7 @@ from collector.web import admin, console, health, ingest, landing, otlp, query, 
 # metric) stay `api.<view>` whichever module a view lives in.
 api = Blueprint("api", __name__)
 
-for rule, view, methods, *endpoint in (
+for rule, view, methods in (
     ("/api/log", ingest.ingest_log, ["POST"]),
     ("/api/logs/batch", ingest.ingest_batch, ["POST"]),
     ("/v1/logs", otlp.otlp_logs, ["POST"]),  # OTLP/HTTP's own path, so exporters need only the base URL
@@ -19,8 +19,8 @@ for rule, view, methods, *endpoint in (
     ("/api/logs/<device_id>", query.device_logs, ["GET"]),
     ("/api/logs/<device_id>/tail", tail.device_tail, ["GET"]),
     ("/api/devices", query.devices, ["GET"]),
-    ("/console", console.page, ["GET"], "console"),
-    ("/console/assets/<path:name>", console.asset, ["GET"], "console_asset"),
+    ("/console", console.console, ["GET"]),
+    ("/console/assets/<path:name>", console.console_asset, ["GET"]),
     ("/api/devices/<device_id>/sequence", query.device_sequence, ["GET"]),
     ("/api/stats", query.stats, ["GET"]),
     ("/api/dead-letters", admin.dead_letters, ["GET"]),
@@ -29,7 +29,7 @@ for rule, view, methods, *endpoint in (
     ("/livez", health.live, ["GET"]),
     ("/", landing.index, ["GET"]),
 ):
-    api.add_url_rule(rule, view_func=view, methods=methods, endpoint=endpoint[0] if endpoint else None)
+    api.add_url_rule(rule, view_func=view, methods=methods)
 
 # OTLP answers its errors as a google.rpc.Status (the spec's), whoever raised them: the
 # central handlers make the answer, this re-encodes its body for /v1/logs only.
