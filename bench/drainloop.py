@@ -2,9 +2,9 @@
 
 Pre-fills a stream with the same backlog as the bench's drain phase (the fleet's
 kind of logs, encoded by the collector's codec), then calls
-``collector.pipeline.drain.drain_batch`` in a loop in this one process, exactly as
+``collector.pipeline.drain.drain_for`` (runs of drain_batch) in a loop in this one process, exactly as
 the ``drain_stream`` task body does (a Redis client and a checked PostgreSQL pool
-built like the worker's, one pooled connection per run), until the stream is
+built like the worker's, one pooled connection per task), until the stream is
 empty. Prints logs/s and the time per run; writes bench-results/drainloop.json
 (and ``--record PATH`` too, e.g. docs/bench/drainloop.json).
 
@@ -52,10 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def drain_all(settings, expected: int) -> tuple[float, list[float], int, dict]:
-    """drain_batch until the stream is empty: (seconds, seconds per run, rows inserted, CPU
+    """drain_for until the stream is empty: (seconds, seconds per run, rows inserted, CPU
     in % of one core: this process, PostgreSQL, Redis, and the rest of the host)."""
     from collector.core.clients import make_db_pool, make_redis
-    from collector.pipeline.drain import drain_batch
+    from collector.pipeline.drain import drain_for
 
     client = make_redis(settings, timeout=max(settings.redis_timeout, 5.0), retries=1)
     pool = make_db_pool(settings, 2, name="bench-drainloop", check=True, statement_timeout=60.0)
@@ -68,11 +68,12 @@ def drain_all(settings, expected: int) -> tuple[float, list[float], int, dict]:
         started = time.perf_counter()
         while True:
             with pool.connection() as conn:
-                result = drain_batch(client, conn, settings, "drainloop-0")
-            if not result.read:
+                results = drain_for(client, conn, settings, "drainloop-0")
+            done = [r for r in results if r.read]
+            if not done:
                 break
-            runs.append(result.seconds)
-            inserted += result.inserted
+            runs += [r.seconds for r in done]
+            inserted += sum(r.inserted for r in done)
         elapsed = time.perf_counter() - started
         cpu, own_after = cpu_percent(cpu_before, procs.cpu(), elapsed), os.times()
     finally:

@@ -5,9 +5,11 @@ tick ran within the interval ends at once (pipeline.ticks: by Redis's clock, not
 Celery's `expires`, which a skewed worker clock turns into "revoke everything"),
 so ticks never pile up while workers are busy or down. A tick that finds entries
 waiting (undelivered or pending in the group) sends `drain_stream`, which stores
-one batch of up to BATCH_SIZE entries; when the batch was full it sends itself
-again at once, so throughput is bound by the workers, not by the tick, and an
-idle system costs one round trip per tick. Task bodies are one-liners around
+batches of up to BATCH_SIZE entries, one after the other (each its own read,
+transaction and XACK) while they come back full, for up to DRAIN_TASK_SECONDS;
+when the last was still full it sends itself again at once, so throughput is
+bound by the workers, not by the tick, and an idle system costs one round trip
+per tick. Task bodies are one-liners around
 collector.pipeline; they read settings from their app
 (tasks.celery_app.make_celery).
 
@@ -37,7 +39,7 @@ from psycopg_pool import PoolTimeout
 
 from collector.core.settings import Settings
 from collector.pipeline import keyring
-from collector.pipeline.drain import DrainResult, drain_batch
+from collector.pipeline.drain import DrainResult, drain_for
 from collector.pipeline.group import backlog
 from collector.pipeline.ticks import claim_tick
 from collector.pipeline.trim import trim_acknowledged
@@ -81,16 +83,22 @@ def consumer_name(worker_hostname: str | None, settings: Settings) -> str:
     return f"{worker_hostname or settings.instance_name}-{current_process_index() or 0}"
 
 
-def describe(result: DrainResult) -> str:
-    """One line for Flower's task list: what a drain run did."""
-    if not result.read:
+def describe(results: list[DrainResult]) -> str:
+    """One line for Flower's task list: what a drain task's runs did."""
+    read = sum(r.read for r in results)
+    if not read:
         return "idle"
-    text = f"stored {result.inserted} of {result.read} ({result.source})"
-    if result.duplicates:
-        text += f", {result.duplicates} duplicates"
-    if result.dead_lettered:
-        text += f", {result.dead_lettered} dead-lettered"
-    return text + (", more waiting" if result.full else "")
+    inserted, dead = sum(r.inserted for r in results), sum(r.dead_lettered for r in results)
+    duplicates = sum(r.duplicates for r in results)
+    sources = "/".join(dict.fromkeys(r.source for r in results if r.read))
+    text = f"stored {inserted} of {read} ({sources})"
+    if len(results) > 1:
+        text += f" in {len(results)} runs"
+    if duplicates:
+        text += f", {duplicates} duplicates"
+    if dead:
+        text += f", {dead} dead-lettered"
+    return text + (", more waiting" if results[-1].full else "")
 
 
 # The tick is seen by the drain runs it sends, not by itself: no worker events
@@ -121,7 +129,8 @@ def drain_tick(self, tick: bool = True) -> str:
     max_retries=3,
 )
 def drain_stream(self, tick: bool = False) -> str:
-    """Store one batch; returns what it did, for Flower's task list (describe)."""
+    """Store batches for up to DRAIN_TASK_SECONDS (pipeline.drain.drain_for); returns what
+    it did, for Flower's task list (describe)."""
     settings: Settings = self.app.collector_settings
     client, pool = resources.backends(settings)
     # `tick`: messages a beat of an earlier version sent; they claim the tick as before.
@@ -129,10 +138,10 @@ def drain_stream(self, tick: bool = False) -> str:
         return "skipped: another tick ran within DRAIN_INTERVAL"
     consumer = resources.consumer(settings, consumer_name(self.request.hostname, settings))
     with pool.connection() as conn:
-        result = drain_batch(client, conn, settings, consumer, resources.cache_client(settings))
-    if result.full:
+        results = drain_for(client, conn, settings, consumer, resources.cache_client(settings))
+    if results[-1].full:
         self.apply_async()
-    return describe(result)
+    return describe(results)
 
 
 @shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)

@@ -50,9 +50,12 @@ def test_a_drain_run_says_what_it_stored_and_an_empty_one_says_idle(celery_app, 
 
 
 def test_the_description_names_duplicates_dead_letters_and_more_waiting():
-    assert describe(DrainResult(0, 0, 0, 0.01, full=False, source="reclaimed")) == "idle"
-    assert (describe(DrainResult(100, 97, 1, 0.2, full=True, source="own-pending"))
+    assert describe([DrainResult(0, 0, 0, 0.01, full=False, source="reclaimed")]) == "idle"
+    assert (describe([DrainResult(100, 97, 1, 0.2, full=True, source="own-pending")])
             == "stored 97 of 100 (own-pending), 2 duplicates, 1 dead-lettered, more waiting")
+    runs = [DrainResult(100, 100, 0, 0.2, full=True, source="own-pending"),
+            DrainResult(100, 99, 0, 0.2, full=True, source="new"), DrainResult(7, 7, 0, 0.01, full=False)]
+    assert describe(runs) == "stored 206 of 207 (own-pending/new) in 3 runs, 1 duplicates"
 
 
 def test_an_idle_tick_sends_no_drain_run_and_a_busy_one_does(celery_app, settings, redis_client, db):
@@ -202,7 +205,7 @@ def test_locust_web_ui_shows_logs_per_second_and_flower_sees_what_drains_did(api
     assert "tasks.drain.drain_tick" not in names.values()
     results = [e["result"] for e in captured
                if e["type"] == "task-succeeded" and names.get(e["uuid"]) == "tasks.drain.drain_stream"]
-    stored = [r for r in results if re.fullmatch(r"'stored \d+ of \d+ \([a-z-]+\).*'", r)]
+    stored = [r for r in results if re.fullmatch(r"'stored \d+ of \d+ \([a-z/-]+\).*'", r)]
     assert stored, (len(captured), {e["type"] for e in captured}, results[:5])
     # Idle runs are rare now: the tick only sends one when entries wait.
     assert len(stored) >= len(results) - len(stored), results

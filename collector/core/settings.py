@@ -8,6 +8,7 @@ settings table is generated from the same list (`python -m collector.core.settin
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -32,11 +33,13 @@ def _int(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _float(low: float) -> Callable[[str], float]:
+def _float(low: float, high: float = math.inf) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         value = float(raw)
         if not value >= low:  # also rejects NaN
             raise ValueError(f"must be >= {low}")
+        if value > high:
+            raise ValueError(f"must be <= {high}")
         return value
 
     return parse
@@ -127,6 +130,10 @@ class Settings:
     drain_interval: float = _setting(
         "DRAIN_INTERVAL", 1.0, _float(0.05),
         "Seconds between beat-scheduled drain runs; a run that finds a full batch re-triggers itself.")
+    drain_task_seconds: float = _setting(
+        "DRAIN_TASK_SECONDS", 1.0, _float(0.0, 60.0),
+        "How long one drain task goes on with consecutive runs (each at most BATCH_SIZE entries, its own "
+        "transaction and XACK) while a backlog remains; then it sends a new task. 0: one run per task.")
     consumer_lease_seconds: float = _setting(
         "CONSUMER_LEASE_SECONDS", 10.0, _float(1.0),
         "Lifetime of a drain process's lease on its consumer name (renewed every third of it while "

@@ -122,6 +122,12 @@ class QueryCache:
         return self._memory_full
 
 
+def queue_invalidate(pipe: redis.client.Pipeline, prefix: str, scopes: Iterable[str]) -> None:
+    """invalidate, as a command of the caller's pipeline (which decides what errors mean)."""
+    if keys := [_version_key(prefix, scope) for scope in scopes]:
+        pipe.delete(*keys)
+
+
 def invalidate(client: redis.Redis, prefix: str, scopes: Iterable[str]) -> None:
     """Forget the versions of these scopes (best-effort: trouble is logged, never raised,
     so it can never hold up an acknowledgement)."""

@@ -169,40 +169,60 @@ def _own_pending(client: redis.Redis, settings: Settings, consumer: str) -> Batc
     return Batch(entries, "own-pending", identity, deaths)
 
 
-def read_batch(client: redis.Redis, settings: Settings, consumer: str) -> Batch:
+def read_batch(client: redis.Redis, settings: Settings, consumer: str, fresh_only: bool = False) -> Batch:
     """Up to BATCH_SIZE entries, from the first source that has any: this consumer's
-    unacknowledged entries, entries reclaimed from dead consumers, then new entries."""
-    batch = _own_pending(client, settings, consumer)
-    if batch.entries:
-        return batch
-    batch = _reclaim(client, settings, consumer)
-    if batch.entries:
-        return batch
+    unacknowledged entries, entries reclaimed from dead consumers, then new entries.
+    `fresh_only` skips the first two, for a run that follows one of new entries that
+    was acknowledged whole: this consumer then holds nothing, and dead consumers wait
+    for the next task's first run (drain_for), at most DRAIN_TASK_SECONDS."""
+    if not fresh_only:
+        batch = _own_pending(client, settings, consumer)
+        if batch.entries:
+            return batch
+        batch = _reclaim(client, settings, consumer)
+        if batch.entries:
+            return batch
     entries, identity = _new_entries(client, settings, consumer)
     return Batch(entries, "new", identity if entries else "")
 
 
-def _after_ack(client: redis.Redis, settings: Settings, duplicates: int, forget: list[bytes]) -> None:
-    """Bookkeeping that may fail without harm: the duplicates counter (informational) and
-    the deaths of entries that are now acknowledged."""
-    try:
-        pipe = client.pipeline(transaction=False)
-        counters.add_drained(pipe, settings, duplicates=duplicates)
-        if forget:
-            pipe.hdel(consumers.deaths_key(settings.stream), *forget)
-        pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("drain bookkeeping skipped after the XACK: %s", exc)
+def _acknowledge(client: redis.Redis, settings: Settings, ids: list[bytes], scopes: list[str],
+                 duplicates: int, forget: list[bytes], cache_client: redis.Redis | None) -> None:
+    """Invalidate the cached reads of what was stored, XACK, then the bookkeeping (the
+    duplicates counter, the deaths of entries now acknowledged): one round trip when the
+    cache is on the stream's Redis.
+
+    Invalidation comes first, so a log is in the next query once its entry is
+    acknowledged. Not a MULTI: each command stands alone, so neither cache trouble nor
+    a Redis at maxmemory (which refuses HINCRBY but still runs DEL and XACK) can hold up
+    the acknowledgement; only the XACK's own failure is raised."""
+    if cache_client is not None and cache_client is not client:
+        cache.invalidate(cache_client, settings.key_prefix, scopes)
+        scopes = []
+    pipe = client.pipeline(transaction=False)
+    cache.queue_invalidate(pipe, settings.key_prefix, scopes)
+    pipe.xack(settings.stream, settings.consumer_group, *ids)
+    counters.add_drained(pipe, settings, duplicates=duplicates)
+    if forget:
+        pipe.hdel(consumers.deaths_key(settings.stream), *forget)
+    replies = pipe.execute(raise_on_error=False)
+    acked = replies[1 if scopes else 0]
+    if isinstance(acked, Exception):
+        raise acked
+    for reply in replies:
+        if isinstance(reply, Exception) and reply is not acked:
+            log.warning("drain bookkeeping skipped after the XACK: %s", reply)
 
 
 def drain_batch(
     client: redis.Redis, conn: psycopg.Connection, settings: Settings, consumer: str,
-    cache_client: redis.Redis | None = None,
+    cache_client: redis.Redis | None = None, fresh_only: bool = False,
 ) -> DrainResult:
     """Store one batch and acknowledge it; returns what was read, inserted and dead-lettered.
-    `cache_client` is the query cache's Redis when it is not `client` (CACHE_REDIS_URL)."""
+    `cache_client` is the query cache's Redis when it is not `client` (CACHE_REDIS_URL);
+    `fresh_only`: see read_batch."""
     started = time.perf_counter()
-    batch = read_batch(client, settings, consumer)
+    batch = read_batch(client, settings, consumer, fresh_only)
     entries, source, stream = batch.entries, batch.source, batch.stream
     if not entries:
         return DrainResult(0, 0, 0, time.perf_counter() - started, full=False, source=source)
@@ -240,15 +260,9 @@ def drain_batch(
 
     inserted = sum(outcome.inserted.values())
     devices = {row[2] for row in rows}
-    # Before the XACK, so a log is in the next query once its entry is acknowledged; on
-    # the cache's Redis, best-effort: cache trouble can never hold up an acknowledgement.
-    cache.invalidate(cache_client or client, settings.key_prefix,
-                     [cache.STATS_SCOPE, *map(cache.device_scope, devices)])
-    # On its own: XACK is one of the commands Redis still runs at maxmemory, so a full
-    # Redis (which refuses the bookkeeping below) never stops the drain.
-    client.xack(settings.stream, settings.consumer_group, *ids)
-    _after_ack(client, settings, duplicates=len(rows) - inserted - len(outcome.rejected),
-               forget=[i for i in ids if i in deaths])
+    _acknowledge(client, settings, ids, [cache.STATS_SCOPE, *map(cache.device_scope, devices)],
+                 duplicates=len(rows) - inserted - len(outcome.rejected), forget=[i for i in ids if i in deaths],
+                 cache_client=cache_client)
 
     result = DrainResult(len(entries), inserted, len(letters), time.perf_counter() - started,
                          # recovering: go on at once rather than one entry per tick
@@ -263,3 +277,20 @@ def drain_batch(
         "dead_lettered": result.dead_lettered, "source": source, "seconds": round(result.seconds, 4),
         "consumer": consumer})
     return result
+
+
+def drain_for(client: redis.Redis, conn: psycopg.Connection, settings: Settings, consumer: str,
+              cache_client: redis.Redis | None = None) -> list[DrainResult]:
+    """Consecutive drain_batch runs, each its own read of at most BATCH_SIZE entries, its
+    own transaction and its own XACK, while runs come back full and DRAIN_TASK_SECONDS
+    have not passed; returns each run's result (the last says whether more is waiting).
+
+    A task per run cost about as much CPU as storing the batch (docs/performance.md):
+    one task now carries many runs, and a crash still loses only the run in progress,
+    which stays pending like any other."""
+    deadline = time.monotonic() + settings.drain_task_seconds
+    results = [drain_batch(client, conn, settings, consumer, cache_client)]
+    while results[-1].full and time.monotonic() < deadline:
+        results.append(drain_batch(client, conn, settings, consumer, cache_client,
+                                   fresh_only=results[-1].source == "new"))
+    return results

@@ -38,18 +38,20 @@ INSERT_LOG = """
 """
 
 # Per (writer, UTC day of receive time, level): a day's counts go with its partition.
+# One statement for the whole batch: arrays, one element per day and level, in key order.
+# Arrays go in binary (%b): psycopg's text form checks every element for quoting.
 ADD_COUNTS = """
-    INSERT INTO log_counts (writer, day, log_level, n) VALUES (%s, %s, %s, %s)
+    INSERT INTO log_counts (writer, day, log_level, n)
+    SELECT %s, * FROM unnest(%b::date[], %b::text[], %b::bigint[])
     ON CONFLICT (writer, day, log_level) DO UPDATE SET n = log_counts.n + EXCLUDED.n
 """
 
 # The same per device (a column per level), with the newest receive time: the device
-# list (migration 0008). One statement for the whole batch: arrays, one element per
-# device and day, in key order.
+# list (migration 0008), one element per device and day.
 ADD_DEVICE_COUNTS = """
     INSERT INTO device_counts (writer, day, device_id, debug, info, warning, error, critical, last_seen)
-    SELECT %s, * FROM unnest(%s::date[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
-                             %s::bigint[], %s::timestamptz[])
+    SELECT %s, * FROM unnest(%b::date[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+                             %b::bigint[], %b::timestamptz[])
     ON CONFLICT (writer, day, device_id) DO UPDATE
     SET debug = device_counts.debug + EXCLUDED.debug, info = device_counts.info + EXCLUDED.info,
         warning = device_counts.warning + EXCLUDED.warning, error = device_counts.error + EXCLUDED.error,
@@ -125,7 +127,8 @@ def insert_logs(conn: psycopg.Connection, rows: Sequence[Row], writer: str) -> C
             for (day, _), count in by_device.items():
                 for level, column in _LEVEL_COLUMN.items():
                     by_day[day, level] += count[column]
-            cur.executemany(ADD_COUNTS, [(writer, day, level, n) for (day, level), n in sorted(by_day.items()) if n])
+            counts = [(day, level, n) for (day, level), n in sorted(by_day.items()) if n]
+            cur.execute(ADD_COUNTS, [writer, *(list(column) for column in zip(*counts, strict=True))])
             keys = sorted(by_device)
             cur.execute(ADD_DEVICE_COUNTS, [writer, [day for day, _ in keys], [device for _, device in keys],
                                             *([by_device[key][column] for key in keys] for column in range(6))])

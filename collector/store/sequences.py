@@ -89,13 +89,13 @@ class Claims:
         cur.execute(
             """
             INSERT INTO log_sequence_blocks (device_id, boot_id, block, bits)
-            SELECT d, b, n, %s FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
+            SELECT d, b, n, %s FROM unnest(%b::varchar[], %b::varchar[], %b::bigint[]) AS k(d, b, n)
             ON CONFLICT DO NOTHING
             """, [EMPTY_BLOCK, *columns])
         cur.execute(
             """
             SELECT s.device_id, s.boot_id, s.block, s.bits FROM log_sequence_blocks s
-            JOIN unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, b, n)
+            JOIN unnest(%b::varchar[], %b::varchar[], %b::bigint[]) AS k(d, b, n)
               ON s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
             ORDER BY s.device_id, s.boot_id, s.block
             FOR UPDATE OF s
@@ -124,7 +124,7 @@ class Claims:
         cur.execute(
             """
             UPDATE log_sequence_blocks s SET bits = k.bits
-            FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::bytea[]) AS k(d, b, n, bits)
+            FROM unnest(%b::varchar[], %b::varchar[], %b::bigint[], %b::bytea[]) AS k(d, b, n, bits)
             WHERE s.device_id = k.d AND s.boot_id = k.b AND s.block = k.n
             """,
             [[k[0] for k in order], [k[1] for k in order], [k[2] for k in order],
