@@ -33,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import probes
 from collector.devtools.processes import ROOT
 
 CONFIGS = {
@@ -40,16 +41,14 @@ CONFIGS = {
     "exactly-once": {"AUTH_ENABLED": "false", "RATE_LIMIT_PER_DEVICE": "0", "DEVICES_EXACTLY_ONCE": "true"},
     "auth+limits": {"AUTH_ENABLED": "true", "RATE_LIMIT_PER_DEVICE": "1000", "DEVICES_EXACTLY_ONCE": "false"},
 }
-SERVICE_GROUPS = ("api", "worker", "nginx", "postgres", "redis")
 
 
 def cpu_seconds_per_million(phase: dict) -> float:
-    cores = sum(phase["cpu"].get(group, 0.0) for group in SERVICE_GROUPS) / 100
-    return cores * phase["duration_s"] / phase["accepted_logs"] * 1e6
+    return probes.cpu_seconds_per_million(phase["cpu"], phase["duration_s"], phase["accepted_logs"])
 
 
 def service_per_locust(run: dict) -> float:
-    return sum(run["cpu"].get(group, 0.0) for group in SERVICE_GROUPS) / run["cpu"]["locust"]
+    return sum(run["cpu"].get(group, 0.0) for group in probes.SERVICE_GROUPS) / run["cpu"]["locust"]
 
 
 def print_tables(runs: list[dict], names: list[str]) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.common import dumps
+from bench.probes import cpu_seconds_per_million
 
 # The table's "backlog left" and "s to store it", defined once for the report and the docs.
 BACKLOG_COLUMNS = ("backlog left: stream lag + pending when the load stopped (drain: the pre-filled backlog); "
@@ -24,6 +25,12 @@ def _cpu_text(cpu: dict, cores: int) -> str:
     parts = ", ".join(f"{name} {value:.0f}%" for name, value in sorted(cpu.items(), key=lambda kv: -(kv[1] or 0))
                       if value is not None)
     return f"{parts} (of one core; {cores} cores = {cores * 100}%; other: the rest of the host)"
+
+
+def _per_million(cpu: dict, seconds: float | None, logs: int | None) -> str:
+    figure = cpu_seconds_per_million(cpu, seconds, logs)
+    return (f"**{_fmt(figure, 1)} CPU s per million logs** (APIs, worker, nginx, PostgreSQL and Redis; "
+            "not the load generator, not the rest of the host)")
 
 
 def _range(summary: dict | None, unit: str = "", digits: int = 0) -> str | None:
@@ -81,7 +88,8 @@ def _phase_notes(p: dict, cores: int) -> list[str]:
              f"({_fmt(p['requests_per_s'])} req/s); latency of {p['ingest_endpoint']}; {verdict}; {stored}."]
     notes += [f"  - {f['count']:,} × {f['error']}" for f in p["failure_kinds"][:5]]
     if p["cpu"]:
-        notes.append(f"  - CPU during the load: {_cpu_text(p['cpu'], cores)}.")
+        notes.append(f"  - CPU during the load: {_cpu_text(p['cpu'], cores)}; "
+                     f"{_per_million(p['cpu'], p['duration_s'], p['accepted_logs'])}.")
     during = p.get("during_load") or {}
     sampled = [f"backlog {text}" for text in [_range(during.get("backlog"))] if text]
     sampled += [f"Redis used memory {text}" for text in [_range(during.get("redis_mib"), " MiB", 1)] if text]
@@ -106,7 +114,8 @@ def _drain_notes(d: dict, cores: int) -> list[str]:
                      "outside drain_batch (Celery's per-task work, waiting)")
         notes.append(text + ".")
     if d["cpu"]:
-        notes.append(f"  - CPU while draining: {_cpu_text(d['cpu'], cores)}.")
+        notes.append(f"  - CPU while draining: {_cpu_text(d['cpu'], cores)}; "
+                     f"{_per_million(d['cpu'], d['total_s'], d['stored'])}.")
     return notes
 
 

@@ -48,7 +48,7 @@ def test_missing_test_tools_are_named_but_do_not_stop_make_run():
     lookup = {**EVERYTHING, "promtool/prometheus": False, "amtool": False}.copy
     assert syscheck.check(said.append, lookup, manager="apt", as_root=False) == 0
     assert said == ["missing: promtool/prometheus, amtool. The tests use them (tests/test_monitoring.py, "
-                    "tests/test_browser.py); install them with:\n"
+                    "tests/test_browser.py, tests/test_bench_wrk.py); install them with:\n"
                     "    sudo apt-get install -y prometheus prometheus-alertmanager"]
     said.clear()
     assert syscheck.check(said.append, lookup, manager="brew", as_root=False) == 0
@@ -60,7 +60,7 @@ def test_a_missing_browser_names_chromium_and_its_driver():
     lookup = {**EVERYTHING, "chromium": False, "chromedriver": False}.copy
     assert syscheck.check(said.append, lookup, manager="apt", as_root=False) == 0
     assert said == ["missing: chromium, chromedriver. The tests use them (tests/test_monitoring.py, "
-                    "tests/test_browser.py); install them with:\n"
+                    "tests/test_browser.py, tests/test_bench_wrk.py); install them with:\n"
                     "    sudo apt-get install -y chromium chromium-driver"]
     said.clear()
     assert syscheck.check(said.append, lookup, manager="dnf", as_root=False) == 0

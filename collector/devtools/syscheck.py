@@ -29,23 +29,23 @@ from collector.devtools.servers import postgres_bin
 
 # What the stack runs, and what only the tests use.
 STACK = ("redis-server", "initdb/pg_ctl", "nginx")
-TEST_TOOLS = ("promtool/prometheus", "amtool", "chromium", "chromedriver")
+TEST_TOOLS = ("promtool/prometheus", "amtool", "chromium", "chromedriver", "wrk")
 
 # program -> package, per package manager
 PACKAGES = {
     "apt": {"redis-server": "redis-server", "initdb/pg_ctl": "postgresql", "nginx": "nginx",
             "promtool/prometheus": "prometheus", "amtool": "prometheus-alertmanager", "chromium": "chromium",
-            "chromedriver": "chromium-driver"},
+            "chromedriver": "chromium-driver", "wrk": "wrk"},
     "dnf": {"redis-server": "redis", "initdb/pg_ctl": "postgresql-server", "nginx": "nginx",
             "promtool/prometheus": "golang-github-prometheus", "amtool": "golang-github-prometheus-alertmanager",
-            "chromium": "chromium", "chromedriver": "chromedriver"},
+            "chromium": "chromium", "chromedriver": "chromedriver", "wrk": "wrk"},
     "brew": {"redis-server": "redis", "initdb/pg_ctl": "postgresql@15", "nginx": "nginx",
              "promtool/prometheus": "prometheus", "amtool": "alertmanager", "chromium": "chromium",
-             "chromedriver": "chromedriver"},
+             "chromedriver": "chromedriver", "wrk": "wrk"},
 }
 COMMANDS = {"apt": "sudo apt-get install -y", "dnf": "sudo dnf install -y", "brew": "brew install"}
 WHY = {STACK: "The stack runs them",
-       TEST_TOOLS: "The tests use them (tests/test_monitoring.py, tests/test_browser.py)"}
+       TEST_TOOLS: "The tests use them (tests/test_monitoring.py, tests/test_browser.py, tests/test_bench_wrk.py)"}
 
 
 def found() -> dict[str, bool]:
@@ -57,6 +57,7 @@ def found() -> dict[str, bool]:
         "amtool": shutil.which("amtool") is not None,
         "chromium": shutil.which("chromium") is not None or shutil.which("chromium-browser") is not None,
         "chromedriver": shutil.which("chromedriver") is not None,
+        "wrk": shutil.which("wrk") is not None,
     }
 
 

@@ -1,0 +1,627 @@
+"""`python -m bench.wrk`: the collector under wrk, end to end, and its CPU cost per log (issue 14:
+"sustain 10,000 logs/s end to end on two cores").
+
+    .venv/bin/python -m bench.wrk                                      # batch 60 s, single 20 s, drain 1,000,000
+    .venv/bin/python -m bench.wrk --duration 10 --single-duration 5 --backlog 50000      # a smoke run
+    .venv/bin/python -m bench.wrk --code /tmp/wt-e326170                 # the stack of another checkout
+    .venv/bin/python -m bench.wrk --rounds 3 --compare /tmp/wt-e326170   # A B A B A B: medians, new/old
+
+It starts its own stack (bench.stack: the Procfile's api1, api2, worker, beat and nginx on :18723,
+database logs_bench and key prefix bench:, wiped first), and runs the phases:
+
+* batch: `wrk -t2 -c100 -d60s --latency -s bench/wrk/batch5.lua http://127.0.0.1:18723/api/logs/batch`
+  (batches of 5 logs of device_000..device_099, as ../shared/bench/batch5.lua);
+* single: the same with bench/wrk/single.lua on /api/log, 20 s;
+* drain: bench.drain's phase (worker stopped, stream pre-filled, worker started; logs/s from its
+  first stored row to its last).
+
+Per load phase: *accepted* logs/s (2xx answers × logs per request ÷ wrk's duration); p50/p99
+(wrk --latency); errors (non-2xx answers, socket errors); *persisted* logs/s end to end (rows added
+from wrk's start until the count stops growing, ÷ that time: ../shared/bench/README.md); seconds
+from wrk's end until the backlog was 0 (the drain kept up if ≤ 1); and *CPU seconds per million
+logs* stored, of nginx, both APIs, the worker and its pool, Redis and PostgreSQL (bench.probes,
+from /proc; not wrk), from wrk's start until the count stopped, in all and by part. Rows stored
+must equal logs accepted, give or take the requests in flight when wrk stopped, and with
+exactly-once no (device_id, boot_id, seq) twice: a mismatch is printed loudly and exits 1.
+
+Configuration, by default all on (the issue's targets are measured so): `--keys` (AUTH_ENABLED=true,
+a fleet key for device_* from `python -m collector.keys`, per-device rate limits at their defaults
+or `--rate-limit`) and `--exactly-once` (an Idempotency-Key per request, boot_id and seq per log).
+A checkout that lacks them (e326170) runs with them off. `--code DIR` runs the stack's processes
+(Procfile, cwd, migrate, key CLI) from another checkout, with DIR/.venv or else this one's
+(PYTHONPATH=DIR); the measuring code is always this checkout's.
+
+Results: tables on stdout, everything in bench-results/wrk.json (and `--record PATH`), wrk's output
+and the services' logs in bench-results/wrk/<round>-<revision>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import re
+import resource
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.__main__ import terminate_cleanly
+from bench.common import BenchError, dumps, http_ok, log
+from bench.drain import run_drain_phase
+from bench.machine import git_revision, machine_info
+from bench.options import BENCH_DATABASE, Target, choose_namespace, target_redis_url
+from bench.probes import SERVICE_GROUPS, DirectProbe, Processes, cpu_percent, cpu_seconds_per_million
+from bench.sampling import Sampler, growing, settle
+from bench.stack import Stack, _bench_node_name, delete_namespace, drop_database, read_procfile, wait_for
+from collector.core.settings import load_settings
+from collector.devtools.processes import ROOT, port_in_use
+from collector.devtools.servers import ensure_servers, stop_servers
+
+SCRIPTS = ROOT / "bench" / "wrk"
+WORKLOADS = {"batch": ("batch5.lua", "/api/logs/batch", 5), "single": ("single.lua", "/api/log", 1)}
+PHASES = ("batch", "single", "drain")
+FLEET = "device_"  # the scripts' device ids: device_000..device_099
+FLAT_WITHIN_S = 1.0  # the backlog must be empty this soon after the load stops
+# The figures medians and ratios are taken of, per phase.
+FIGURES = ("accepted_per_s", "persisted_per_s", "p50_ms", "p99_ms", "cpu_s_per_million_logs", "drain_per_s")
+
+
+# --- wrk's output --------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TIME = r"([\d.]+)(us|ms|s|m|h)"
+
+
+def parse_wrk(text: str) -> dict:
+    """wrk's summary (with --latency) and common.lua's status lines, as numbers."""
+    def find(pattern: str) -> re.Match | None:
+        return re.search(pattern, text, re.MULTILINE)
+
+    total = find(rf"^\s*(\d+) requests in {_TIME}")
+    rate = find(r"^Requests/sec:\s+([\d.]+)")
+    if total is None or rate is None:
+        raise BenchError(f"wrk printed no summary:\n{text[-2000:]}")
+    requests, rps = int(total.group(1)), float(rate.group(1))
+    sockets = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+    non_2xx = find(r"Non-2xx or 3xx responses: (\d+)")
+    latency = {f"p{float(m.group(1)):g}_ms": round(float(m.group(2)) * _UNITS[m.group(3)] * 1000, 2)
+               for m in re.finditer(rf"^\s+([\d.]+)%\s+{_TIME}\s*$", text, re.MULTILINE)}
+    return {
+        "requests": requests,
+        # requests ÷ Requests/sec is wrk's own runtime to the ms; "in 1.00m" is rounded to 0.6 s.
+        "duration_s": round(requests / rps, 3) if rps else float(total.group(2)) * _UNITS[total.group(3)],
+        "requests_per_s": rps,
+        **latency,
+        "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True))
+        if sockets else {"connect": 0, "read": 0, "write": 0, "timeout": 0},
+        "non_2xx_3xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "statuses": {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"^wrk-status (\d+) (\d+)$", text, re.M)},
+        "error_samples": {int(m.group(1)): m.group(2) for m in re.finditer(r"^wrk-sample (\d+) (.*)$", text, re.M)},
+    }
+
+
+def ok_requests(wrk: dict) -> int:
+    """Requests answered 2xx: common.lua's count, or else wrk's total less its "Non-2xx or 3xx"."""
+    if wrk["statuses"]:
+        return sum(n for status, n in wrk["statuses"].items() if 200 <= status < 300)
+    return wrk["requests"] - wrk["non_2xx_3xx"]
+
+
+# --- the arithmetic ------------------------------------------------------------------------
+
+def cpu_cost(cpu: dict, seconds: float, logs: int) -> dict:
+    """bench.probes' CPU seconds per million logs (the collector's parts: SERVICE_GROUPS), in all
+    and by part, from cpu_percent's % of one core over `seconds`; and the CPU seconds in all."""
+    return {"cpu_s": round(sum(cpu.get(g) or 0.0 for g in SERVICE_GROUPS) / 100 * seconds, 2),
+            "cpu_s_per_million_logs": cpu_seconds_per_million(cpu, seconds, logs),
+            "cpu_s_per_million_by_part": {g: cpu_seconds_per_million({g: cpu.get(g) or 0.0}, seconds, logs)
+                                          for g in SERVICE_GROUPS}}
+
+
+def storage_problems(accepted: int, stored: int, distinct: int | None, in_flight: int) -> list[str]:
+    """Every log answered 2xx stored once. wrk counts only the answers it read before stopping;
+    up to `in_flight` more logs (its open requests) may have been accepted and stored too."""
+    problems = []
+    if stored < accepted:
+        problems.append(f"LOST: {accepted - stored:,} logs answered 2xx are not stored ({stored:,} of {accepted:,})")
+    elif stored > accepted + in_flight:
+        problems.append(f"EXTRA ROWS: {stored:,} stored for {accepted:,} accepted, more than the {in_flight:,} "
+                        "that may have been in flight")
+    if distinct is not None and distinct != stored:
+        problems.append(f"DUPLICATES: {stored - distinct:,} rows repeat a (device_id, boot_id, seq)")
+    return problems
+
+
+# --- which code runs the stack -------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Code:
+    root: Path
+    venv: Path              # the virtualenv its Procfile's .venv/bin/... paths mean
+    revision: str
+    has_keys: bool          # collector.keys (device keys, AUTH_ENABLED)
+    has_sequences: bool     # boot_id/seq in its schema (and Idempotency-Key)
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+
+def code_at(root: Path) -> Code:
+    root = root.resolve()
+    if not (root / "Procfile").exists():
+        raise SystemExit(f"{root} has no Procfile: not a checkout of the collector")
+    venv = root / ".venv" if (root / ".venv" / "bin" / "python").exists() else ROOT / ".venv"
+    described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], check=False,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    schemas = [p.read_text() for p in (root / "collector" / "web" / "schemas.py", root / "collector" / "schemas.py")
+               if p.exists()]
+    return Code(root, venv, described or "unknown", (root / "collector" / "keys.py").exists(),
+                any("boot_id" in text for text in schemas))
+
+
+def choose_config(args: argparse.Namespace, code: Code) -> tuple[bool, bool]:
+    """(keys, exactly_once) for `code`: as asked, and by default on where the code has them."""
+    for flag, wanted, has in (("--keys", args.keys, code.has_keys),
+                              ("--exactly-once", args.exactly_once, code.has_sequences)):
+        if wanted and not has:
+            raise SystemExit(f"{flag}: the code in {code.root} ({code.revision}) does not have it; leave the flag "
+                             "out (it is then off for that code) or pass --no-" + flag[2:])
+    keys = code.has_keys if args.keys is None else args.keys
+    return keys, code.has_sequences if args.exactly_once is None else args.exactly_once
+
+
+def stack_at(args: argparse.Namespace, target: Target, run_dir: Path, code: Code, env: dict[str, str]) -> Stack:
+    """bench.stack.Stack on our ports and namespace, its processes from `code`'s checkout.
+
+    Stack reads this checkout's Procfile and runs in ROOT; for another checkout each service
+    gets that checkout's command (its .venv/bin/... paths made absolute), its cwd, and
+    PYTHONPATH=root (the shared .venv has this checkout installed in editable mode)."""
+    stack = Stack(args, target, run_dir)
+    stack.base_env.update(env)
+    for service in stack.services.values():
+        service.env.update(env)
+    if code.root == ROOT:
+        return stack
+    stack.base_env["PYTHONPATH"] = str(code.root)
+    procfile = read_procfile(code.root / "Procfile")
+    for name, service in stack.services.items():
+        if name not in procfile:
+            raise BenchError(f"{code.root}/Procfile has no {name} entry")
+        assignments, argv = procfile[name]
+        argv = [str(code.venv / w[len(".venv/"):]) if w.startswith(".venv/") else w for w in argv]
+        service.argv = [_bench_node_name(w) if i and argv[i - 1] in ("-n", "--hostname") else w
+                        for i, w in enumerate(argv)]
+        # Its assignments fill in only what the bench does not set (ports, instance names).
+        service.env = {**assignments, **service.env, "PYTHONPATH": str(code.root)}
+        service.cwd = code.root
+    return stack
+
+
+def run_code(code: Code, stack: Stack, args: list[str], what: str) -> str:
+    """`python <args>` of `code`, in its checkout, with the stack's settings; its stdout."""
+    try:
+        out = subprocess.run([code.python, *args], cwd=code.root, env=stack.base_env, capture_output=True,
+                             text=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what} did not finish within 120 s") from None
+    if out.returncode != 0:
+        raise BenchError(f"{what} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def start(args: argparse.Namespace, target: Target, stack: Stack, code: Code) -> None:
+    """bench.stack's prepare_own_namespace and start_stack, with `code`'s migrate and no keys
+    (an older checkout has none; the fleet key is made by the caller)."""
+    for port in (args.port, args.api1_port, args.api2_port):
+        if port_in_use(port):
+            raise BenchError(f"port {port} is in use: stop what listens there or choose --port/--api1-port/--api2-port")
+    if target.wipe_database:
+        drop_database(target.database_url, BENCH_DATABASE)
+    if target.wipe_redis:
+        delete_namespace(target.key_prefix)
+    run_code(code, stack, ["-m", "collector.migrate"], "migrate")
+    started = time.monotonic()
+    for name in ("worker", "beat", "api1", "api2", "nginx"):
+        stack.start(name)
+    for port in (args.api1_port, args.api2_port):
+        wait_for(lambda p=port: http_ok(f"http://127.0.0.1:{p}/health"), 60, f"the API on :{port}", check=stack.check)
+    wait_for(lambda: http_ok(f"{target.base_url}/health"), 30, f"nginx on :{args.port}", check=stack.check)
+    # Not bench.stack's worker_polled_since: an idle drain tick no longer sends a drain run, so no
+    # consumer reads the stream until there is a backlog. The Procfile's flower entry waits so too.
+    wait_for(lambda: worker_answers(code, stack), 90, "the Celery worker's answer to inspect ping", interval=0.5,
+             check=stack.check)
+    log(f"stack of {code.revision} ready in {time.monotonic() - started:.1f} s")
+
+
+def worker_answers(code: Code, stack: Stack) -> bool:
+    """True once the stack's Celery worker (by its node name, as the Procfile's -n gives it) answers a ping."""
+    words = stack.services["worker"].argv
+    node = next(words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-n", "--hostname"))
+    argv = [str(code.venv / "bin" / "celery"), "-A", "tasks.celery_app", "inspect", "ping", "--timeout=1",
+            "-d", node.replace("%h", socket.gethostname())]
+    return subprocess.run(argv, cwd=code.root, env=stack.base_env, capture_output=True, timeout=30,
+                          check=False).returncode == 0
+
+
+# --- the phases ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+    """One stack, up: what a phase needs."""
+
+    code: Code
+    target: Target
+    stack: Stack
+    probe: DirectProbe
+    procs: Processes
+    run_dir: Path
+    wrk_env: dict[str, str]
+    exactly_once: bool
+
+
+def load_figures(wrk: dict, per_request: int, connections: int, stored: int, distinct: int | None,
+                 end_to_end_s: float) -> dict:
+    """A load phase's figures from wrk's and the rows stored from wrk's start until the count
+    stopped growing (`end_to_end_s`), as ../shared/bench/README.md defines them."""
+    accepted = ok_requests(wrk) * per_request
+    socket_errors = sum(wrk["socket_errors"].values())
+    return {
+        "accepted_logs": accepted, "accepted_per_s": round(accepted / wrk["duration_s"], 1),
+        "stored_logs": stored, "distinct_logs": distinct,
+        "persisted_per_s": round(stored / end_to_end_s, 1), "end_to_end_s": round(end_to_end_s, 2),
+        "errors": socket_errors + wrk["requests"] - ok_requests(wrk),
+        # Requests open when wrk stopped (one per connection), and those it gave up on, may be stored too.
+        "problems": storage_problems(accepted, stored, distinct, (connections + socket_errors) * per_request) + (
+            [f"THROTTLED: {wrk['statuses'][429]:,} answers were 429: the figures are of a throttled load (raise "
+             "--rate-limit, or nginx's RATE_LIMIT)"] if wrk["statuses"].get(429) else []),
+    }
+
+
+def drive(argv: list[str], env: dict[str, str], output: Path, timeout: float, sampler: Sampler,
+          check) -> tuple[float, float, float]:
+    """Run wrk (its output to `output`), sampling meanwhile; (started, ended, wrk's CPU seconds)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    with open(output, "w") as out:
+        wrk = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        while wrk.poll() is None:
+            if time.monotonic() > started + timeout:
+                raise BenchError(f"wrk did not finish in time; see {output}")
+            check()
+            if sampler.due():
+                sampler.take()
+            time.sleep(0.05)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait(10)
+    ended = time.monotonic()
+    if wrk.returncode != 0:
+        raise BenchError(f"wrk exited with {wrk.returncode}; see {output}")
+    # wrk is the only child of ours to exit meanwhile: the children's CPU time grew by its own.
+    cpu = sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f) - getattr(children, f)
+              for f in ("ru_utime", "ru_stime"))
+    return started, ended, cpu
+
+
+def run_wrk(name: str, seconds: float, args: argparse.Namespace, run: Run) -> dict:
+    """One wrk run of workload `name`, sampled from its start until the table stops growing."""
+    script, path, per_request = WORKLOADS[name]
+    sampler = Sampler(run.probe, run.procs)
+    if sampler.take().backlog:
+        settle(sampler, args.settle_timeout, run.stack.check)  # the previous phase's last entries
+    before = sampler.samples[-1].persisted
+    run_id = f"{name}-{secrets.token_hex(4)}"
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s", "--latency",
+            "-s", str(SCRIPTS / script), f"{run.target.base_url}{path}"]
+    output = run.run_dir / f"wrk-{name}.txt"
+    log(f"phase {name}: {' '.join(argv)}")
+    cpu_start = run.procs.cpu()
+    started, ended, wrk_cpu = drive(argv, {**os.environ, **run.wrk_env, "WRK_RUN_ID": run_id}, output,
+                                    seconds + 60, sampler, run.stack.check)
+    empty_after = seconds_until_empty(run.probe, ended, args.settle_timeout)
+    settled_at = settle(sampler, args.settle_timeout, run.stack.check)
+    # The CPU from wrk's start until the count stopped: all the work these logs cost, the drain's included.
+    cpu_end, cpu_seconds = run.procs.cpu(), time.monotonic() - started
+    stored, distinct = sampler.samples[-1].persisted - before, None
+    if run.exactly_once:  # this run's rows, by the boot ids common.lua made of WRK_RUN_ID
+        stored, distinct = run.probe.conn.execute(
+            "SELECT count(*), count(DISTINCT (device_id, boot_id, seq)) FROM logs WHERE starts_with(boot_id, %s)",
+            (f"wrk-{run_id}-t",)).fetchone()
+    cpu = collector_cpu(cpu_percent(cpu_start, cpu_end, cpu_seconds))
+    figures = parse_wrk(output.read_text())
+    result = {"name": name, "command": " ".join(argv), "run_id": run_id, "logs_per_request": per_request, **figures,
+              **load_figures(figures, per_request, args.connections, stored, distinct,
+                             (settled_at or sampler.samples[-1].t) - started),
+              "backlog_at_end": sampler.backlog_at(ended), "backlog_empty_after_s": empty_after,
+              "kept_up": empty_after is not None and empty_after <= FLAT_WITHIN_S,
+              "backlog_growing": growing(sampler.during(started, ended)["backlog"]),
+              "cpu_percent": cpu, "wrk_cpu_percent": round(100 * wrk_cpu / (ended - started), 1),
+              **cpu_cost(cpu, cpu_seconds, stored)}
+    if settled_at is None:
+        result["problems"].append(f"NOT SETTLED: rows still came after {args.settle_timeout:g} s (--settle-timeout)")
+    return result
+
+
+def collector_cpu(cpu: dict) -> dict:
+    """cpu_percent's figures without Processes' Locust group (no Locust here: wrk is in "other")."""
+    return {part: pct for part, pct in cpu.items() if part != "locust"}
+
+
+def seconds_until_empty(probe: DirectProbe, since: float, timeout: float) -> float | None:
+    """Seconds from `since` until the backlog (stream lag + pending) reads 0, polled every 50 ms:
+    finer than the Sampler, whose count(*) gets slow as the table grows."""
+    while (now := time.monotonic()) < since + timeout:
+        if probe.backlog() == 0:
+            return round(now - since, 2)
+        time.sleep(0.05)
+    return None
+
+
+@contextlib.contextmanager
+def entries_with_receive_time():
+    """bench.drain.prefill's entries, plus the receive time as field "r": a checkout from
+    before migration 0007 (e326170) needs it to decode an entry, today's ignores it. prefill
+    takes no encoder, so its encoder is swapped while it runs."""
+    from collector.pipeline import codec
+
+    original = codec.encode_entry
+
+    def encode(log_fields: dict, received_at: dt.datetime) -> dict:
+        return {**original(log_fields, received_at), b"r": received_at.isoformat()}
+
+    codec.encode_entry = encode
+    try:
+        yield
+    finally:
+        codec.encode_entry = original
+
+
+def run_drain(args: argparse.Namespace, run: Run) -> dict:
+    """bench.drain's phase as it is, with its CPU per million logs stored."""
+    legacy = entries_with_receive_time() if run.code.root != ROOT else contextlib.nullcontext()
+    with legacy:
+        result = dataclasses.asdict(run_drain_phase(args, run.target, run.stack, run.probe, run.procs))
+    samples, cpu = result.pop("samples"), collector_cpu(result.pop("cpu") or {})
+    window = samples[-1][0] if samples else (result["total_s"] or 0.0)  # worker start to the CPU's last reading
+    problems = [] if result["complete"] else [
+        f"INCOMPLETE: {result['stored']:,} of {args.backlog:,} stored within --drain-timeout"]
+    return {"name": "drain", **result, "cpu_percent": cpu, **cpu_cost(cpu, window, result["stored"]),
+            "problems": problems}
+
+
+def config_settings(args: argparse.Namespace, keys: bool) -> dict[str, str]:
+    """The stack's settings for the configuration: keys on or off, with the per-device rate limits
+    that come with them (off without keys, as bench.compare's baseline)."""
+    if not keys:
+        return {"AUTH_ENABLED": "false", "RATE_LIMIT_PER_DEVICE": "0"}
+    if args.rate_limit is not None:
+        return {"AUTH_ENABLED": "true", "RATE_LIMIT_PER_DEVICE": f"{args.rate_limit:g}"}
+    return {"AUTH_ENABLED": "true"}
+
+
+def limits_note(settings, chosen: bool) -> str:
+    """Whether the per-device limits can throttle the load: 100 devices share it evenly."""
+    rate, burst = settings.rate_limit_per_device, settings.rate_limit_burst
+    if rate <= 0:
+        return "per-device rate limits off (--rate-limit 0)"
+    source = "--rate-limit" if chosen else "the default"
+    return (f"per-device rate limits on: {rate:g} logs/s, burst {burst:,} ({source}); over 100 devices they "
+            f"throttle only above {100 * rate:,.0f} logs/s in all (any 429 is reported)")
+
+
+def run_stack(args: argparse.Namespace, code: Code, round_no: int, run_dir: Path) -> dict:
+    """Start `code`'s stack, run the phases, stop it; the figures."""
+    keys, exactly_once = choose_config(args, code)
+    database_url, db_ours, prefix, prefix_ours = choose_namespace(args)
+    target = Target(started=True, base_url=f"http://127.0.0.1:{args.port}", database_url=database_url,
+                    key_prefix=prefix, wipe_database=db_ours, wipe_redis=prefix_ours)
+    run_dir.mkdir(parents=True)
+    env = config_settings(args, keys)
+    result = {"code": str(code.root), "revision": code.revision, "round": round_no, "keys": keys,
+              "exactly_once": exactly_once, "settings": env, "phases": {}, "notes": []}
+    own_servers, stack, probe = [], None, None
+    try:
+        own_servers = ensure_servers(target_redis_url(), database_url, say=log)
+        stack = stack_at(args, target, run_dir, code, env)
+        start(args, target, stack, code)
+        settings = load_settings(stack.base_env)
+        probe = DirectProbe(database_url, target_redis_url(), settings.stream, settings.consumer_group)
+        wrk_env = {"WRK_EXACTLY_ONCE": "1" if exactly_once else "0"}
+        if keys:
+            key_argv = ["-m", "collector.keys", "create", "--prefix", FLEET, "--name", "bench.wrk fleet"]
+            wrk_env["COLLECTOR_KEY"] = run_code(code, stack, key_argv, "collector.keys create").strip().splitlines()[-1]
+            result["notes"].append(limits_note(settings, args.rate_limit is not None))
+        run = Run(code, target, stack, probe, Processes(stack), run_dir, wrk_env, exactly_once)
+        for name in args.phases:
+            if name == "drain":
+                result["phases"][name] = run_drain(args, run)
+            else:
+                duration = args.duration if name == "batch" else args.single_duration
+                result["phases"][name] = run_wrk(name, duration, args, run)
+    finally:
+        if probe is not None:
+            probe.close()
+        if stack is not None:
+            stack.stop_all()
+        with contextlib.suppress(Exception):
+            if target.wipe_redis:
+                delete_namespace(target.key_prefix)
+        stop_servers(own_servers)
+    return result
+
+
+# --- the report ----------------------------------------------------------------------------
+
+TABLE = ("| phase | accepted logs/s | persisted logs/s | p50 ms | p99 ms | errors | backlog 0 after s | "
+         "CPU s per million logs | checks |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+
+
+def phase_row(phase: dict) -> str:
+    def num(key: str, fmt: str = ",.0f") -> str:
+        return "—" if phase.get(key) is None else format(phase[key], fmt)
+
+    empty = num("backlog_empty_after_s", ".2f") + ("" if phase.get("kept_up", True) else " (over 1 s)")
+    persisted = num("drain_per_s" if phase["name"] == "drain" else "persisted_per_s")
+    return (f"| {phase['name']} | {num('accepted_per_s')} | {persisted} | {num('p50_ms', '.1f')} | "
+            f"{num('p99_ms', '.1f')} | {num('errors')} | {empty} | {num('cpu_s_per_million_logs', ',.1f')} | "
+            f"{'ok' if not phase['problems'] else '**FAILED**'} |")
+
+
+def phase_notes(p: dict) -> list[str]:
+    """What the table leaves out: the CPU by part, the counts behind the rates, the problems."""
+    parts = ", ".join(f"{g} {v:,.1f}" for g, v in p["cpu_s_per_million_by_part"].items() if v)
+    cores = ", ".join(f"{g} {v:g}%" for g, v in sorted(p["cpu_percent"].items(), key=lambda kv: -kv[1]))
+    lines = [f"- {p['name']}: CPU s per million logs by part: {parts}; % of one core: {cores}"
+             + (f"; wrk {p['wrk_cpu_percent']:g}% (in other)" if "wrk_cpu_percent" in p else "")]
+    if p["name"] == "drain":
+        lines.append(f"  {p['backlog']:,} pre-filled in {p['prefill_s']} s; {p['stored']:,} stored, "
+                     f"{p['total_s']} s from the worker's start")
+    else:
+        distinct = "" if p["distinct_logs"] is None else f" ({p['distinct_logs']:,} distinct)"
+        answers = ", ".join(f"{status} × {n:,}" for status, n in sorted(p["statuses"].items())) or "not counted"
+        errors = ", ".join(f"{kind} {n:,}" for kind, n in p["socket_errors"].items() if n) or "none"
+        lines.append(f"  {p['requests']:,} requests ({p['requests_per_s']:,.0f}/s), answers {answers}, socket "
+                     f"errors {errors}; {p['accepted_logs']:,} logs accepted, {p['stored_logs']:,} stored{distinct}")
+        lines += [f"  answered {status}: {body}" for status, body in p["error_samples"].items()]
+    return lines + [f"  **{problem}**" for problem in p["problems"]]
+
+
+def describe(result: dict) -> str:
+    config = f"keys {'on' if result['keys'] else 'off'}, exactly-once {'on' if result['exactly_once'] else 'off'}"
+    lines = [f"\n## {result['revision']}, round {result['round']} ({result['code']}): {config}",
+             *[f"- {note}" for note in result["notes"]], "", TABLE]
+    lines += [phase_row(p) for p in result["phases"].values()]
+    for phase in result["phases"].values():
+        lines += phase_notes(phase)
+    return "\n".join(lines)
+
+
+def medians(runs: list[dict], code: str) -> dict:
+    """The median of each figure per phase over the runs of the checkout at `code`."""
+    out: dict = {}
+    for run in (r for r in runs if r["code"] == code):
+        for name, phase in run["phases"].items():
+            for key in FIGURES:
+                if phase.get(key) is not None:
+                    out.setdefault(name, {}).setdefault(key, []).append(phase[key])
+    return {name: {k: round(statistics.median(v), 2) for k, v in figures.items()} for name, figures in out.items()}
+
+
+def comparison(runs: list[dict], codes: list[Code]) -> tuple[dict, str]:
+    """Medians per checkout and, with two, the ratio new/old (first/second) per figure: as data and as a table."""
+    table = {str(c.root): medians(runs, str(c.root)) for c in codes}
+    new, old = str(codes[0].root), str(codes[1].root) if len(codes) > 1 else None
+    names = " | ".join(f"{c.revision} ({'new' if i == 0 else 'old'})" if old else c.revision
+                       for i, c in enumerate(codes))
+    configs = {r["code"]: f"keys {'on' if r['keys'] else 'off'}, exactly-once {'on' if r['exactly_once'] else 'off'}"
+               for r in runs}
+    lines = [f"\n## Medians of {len(runs) // len(codes)} runs each", "",
+             *[f"- {c.revision} ({c.root}): {configs.get(str(c.root), 'no run')}" for c in codes], "",
+             f"| phase | figure | {names} |" + (" new/old |" if old else ""),
+             "|---|---|" + "--:|" * (len(codes) + (1 if old else 0))]
+    ratios: dict = {}
+    for name, figures in table[new].items():
+        for key, value in figures.items():
+            cells = [format(table[c][name][key], ",.1f") if key in table[c].get(name, {}) else "—" for c in table]
+            if old and (before := table[old].get(name, {}).get(key)):
+                ratios.setdefault(name, {})[key] = round(value / before, 3)
+                cells.append(f"{value / before:.2f}×")
+            lines.append(f"| {name} | {key} | " + " | ".join(cells) + " |")
+    return {"medians": table, "ratios_new_over_old": ratios}, "\n".join(lines)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.wrk", description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of batch,single,drain")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of the batch load (default 60)")
+    p.add_argument("--single-duration", type=float, default=20.0, help="seconds of the single load (default 20)")
+    p.add_argument("--backlog", type=int, default=1_000_000, help="entries pre-filled for the drain (1,000,000)")
+    p.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
+    p.add_argument("--connections", type=int, default=100, help="wrk -c (default 100)")
+    p.add_argument("--keys", action=argparse.BooleanOptionalAction, default=None,
+                   help="AUTH_ENABLED=true, a fleet key for device_*, per-device rate limits (default: on if the "
+                        "code has keys)")
+    p.add_argument("--exactly-once", action=argparse.BooleanOptionalAction, default=None,
+                   help="Idempotency-Key per request, boot_id/seq per log (default: on if the code has them)")
+    p.add_argument("--rate-limit", type=float, help="RATE_LIMIT_PER_DEVICE with --keys (default: the code's)")
+    p.add_argument("--code", type=Path, default=ROOT, help="checkout whose stack runs (default: this one)")
+    p.add_argument("--compare", type=Path, help="also run this checkout's stack, interleaved; print new/old")
+    p.add_argument("--rounds", type=int, default=1, help="runs per checkout (default 1); medians when more")
+    p.add_argument("--port", type=int, default=18723, help="nginx port (default 18723)")
+    p.add_argument("--api1-port", type=int, default=8001)
+    p.add_argument("--api2-port", type=int, default=8002)
+    p.add_argument("--database-url", help=f"database (default: {BENCH_DATABASE}, wiped first)")
+    p.add_argument("--key-prefix", help="Redis key prefix (default: bench:, wiped first)")
+    p.add_argument("--settle-timeout", type=float, default=300.0, help="seconds to wait for the table to settle")
+    p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds the drain may take")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results directory (bench-results/)")
+    p.add_argument("--record", type=Path, help="also write the JSON here")
+    args = p.parse_args(argv)
+    args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if not args.phases or set(args.phases) - set(PHASES):
+        p.error(f"--phases: a subset of {','.join(PHASES)}")
+    if shutil.which("wrk") is None and set(args.phases) - {"drain"}:
+        p.error("wrk is not installed: sudo apt-get install -y wrk")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    codes = [code_at(args.code)] + ([code_at(args.compare)] if args.compare else [])
+    for code in codes:
+        keys, exactly_once = choose_config(args, code)  # refuses what a checkout cannot do, before any run
+        log(f"{code.revision} ({code.root}, {code.venv}): keys {'on' if keys else 'off'}, "
+            f"exactly-once {'on' if exactly_once else 'off'}")
+    if len(codes) > 1 or codes[0].root != ROOT:
+        if args.database_url or args.key_prefix is not None:
+            raise SystemExit("--code/--compare migrate other schemas: they run only on the bench's own database "
+                             "and key prefix (leave --database-url and --key-prefix out)")
+    report = {"command": "python -m bench.wrk " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "bench_revision": git_revision(), "options": {k: str(v) for k, v in vars(args).items()},
+              "started_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), "machine": machine_info(),
+              "runs": []}
+    failed = False
+    shutil.rmtree(args.out / "wrk", ignore_errors=True)
+    with terminate_cleanly():  # SIGTERM too stops the stack of the run in progress
+        try:
+            for round_no in range(1, args.rounds + 1):
+                for i, code in enumerate(codes):  # interleaved, so drift over the session hits each alike
+                    run_dir = args.out / "wrk" / f"{round_no}{'ab'[i]}-{code.revision}"
+                    result = run_stack(args, code, round_no, run_dir)
+                    report["runs"].append(result)
+                    print(describe(result), flush=True)
+        except (BenchError, KeyboardInterrupt, SystemExit) as exc:
+            log(f"error: {exc!r}")
+            report["error"], failed = repr(exc), True
+    report["finished_at"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if report["runs"] and (args.rounds > 1 or len(codes) > 1):
+        data, table = comparison(report["runs"], codes)
+        report.update(data)
+        print(table)
+    problems = [f"{r['revision']} round {r['round']} {p['name']}: {x}"
+                for r in report["runs"] for p in r["phases"].values() for x in p["problems"]]
+    for problem in problems:
+        log(f"MISMATCH {problem}")
+    for path in filter(None, (args.out / "wrk.json", args.record)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps(report))
+    log(f"wrote {args.out / 'wrk.json'}" + (f" and {args.record}" if args.record else ""))
+    return 1 if failed or problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
