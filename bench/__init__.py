@@ -16,7 +16,9 @@ One command, four measurements:
   (``collector.devtools.fleet``) by pipelined XADDs encoded with the collector's
   own ``collector.pipeline.codec.encode_entry``; then the worker starts and we
   time how fast the table grows, and read the worker's own log for the time each
-  drain run spent inside ``drain_batch``.
+  drain run spent inside ``drain_batch`` and the ``drain_stream`` tasks that
+  carried the runs (many per task, DRAIN_TASK_SECONDS): how long each took, and
+  the gaps between tasks on a pool process (Celery's hand-off).
 * **Backlog** (stream lag + pending) at the end.
 * **Resident memory** (VmRSS) of the API's Gunicorn processes and of the Celery
   worker processes, peak per phase, summed over each process tree and for the
@@ -33,7 +35,8 @@ workers). Otherwise it starts the Procfile's api1, api2, worker, beat and nginx
 itself (with ``collector.devtools.processes``), on a database and Redis namespace
 of its own (``logs_bench`` and ``bench:``, both wiped at the start) unless
 DATABASE_URL / KEY_PREFIX (or --database-url / --key-prefix) say otherwise,
-makes a fleet key for the device ids ``bench-*`` and a reader key with
+waits until each answers (the worker: ``celery inspect ping``), makes a fleet
+key for the device ids ``bench-*`` and a reader key with
 ``python -m collector.keys``, and stops them at the end. With a stack already
 running, the fleet sends DEVICES_API_KEY and the bench reads /api/stats with
 DEVICES_READER_KEY, or else `make run`'s demo admin and reader keys
@@ -48,10 +51,12 @@ phases, thresholds). The exit status is 1 when a phase missed its Locust
 thresholds or stored a different number of logs than were accepted, or the run
 could not finish; the targets never change it.
 
-Modules: options (options, namespace), stack (starting the Procfile's processes),
-probes (rows, backlog, Redis memory, /proc RSS and CPU), sampling, load (Locust
-phases), drain (drain phase), report and targets (output), machine. Two more
-commands measure what the bench cannot: ``python -m bench.drainloop`` (drain_batch
-in a loop, no Celery) and ``python -m bench.profile`` (py-spy on an API worker
-under the batch load).
+Modules: options (options, namespace), stack (starting the Procfile's processes,
+of this checkout or another), probes (rows, backlog, Redis memory, /proc RSS and
+CPU), sampling, load (Locust phases), drain (drain phase), report and targets
+(output), machine, common. More commands measure what the bench cannot:
+``python -m bench.drainloop`` (drain_batch in a loop, no Celery),
+``python -m bench.profile`` (py-spy on an API worker under the batch load) and
+``python -m bench.wrk`` (wrk's workloads, on this checkout's stack or another's;
+its figures and tables in bench.wrk_report).
 """

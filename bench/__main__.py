@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import shutil
-import signal
 import sys
 import traceback
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.common import BenchError, http_get, log
+from bench.common import BenchError, http_get, log, terminate_cleanly
 from bench.drain import run_drain_phase
 from bench.load import run_load_phase
 from bench.machine import git_revision, machine_info
@@ -28,20 +26,6 @@ from bench.report import write_results
 from bench.stack import Stack, delete_namespace, prepare_own_namespace, start_stack
 from bench.targets import judge
 from collector.devtools.servers import ensure_servers, stop_servers
-
-
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into SystemExit so the `finally` blocks stop what we started."""
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def stack_settings(stack: Stack) -> dict:
@@ -105,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                     target.notes.append("database chosen by DATABASE_URL/--database-url: used as it is, not wiped")
                 if not prefix_ours:
                     target.notes.append("KEY_PREFIX chosen by the user: its Redis keys were not wiped")
-                prepare_own_namespace(target, stack.base_env)
+                prepare_own_namespace(target, stack)
                 start_stack(args, target, stack)
                 from collector.core.settings import load_settings
 

@@ -1,14 +1,17 @@
 """What every part of the bench shares: progress output, the error that ends a run,
-one JSON-over-HTTP GET, and the results' JSON layout."""
+SIGTERM as an exit, one JSON-over-HTTP GET, and the results' JSON layout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 from collector.devtools.processes import ROOT
 
@@ -23,6 +26,20 @@ class BenchError(RuntimeError):
 def log(message: str) -> None:
     """Progress goes to stderr, so stdout carries only the report."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def terminate_cleanly() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into SystemExit so the `finally` blocks stop what we started."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def http_get(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None

@@ -12,7 +12,9 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from bench.common import log
@@ -36,7 +38,7 @@ class DrainResult:
     complete: bool
     rss: dict
     cpu: dict | None                 # % of one core per part, worker start to done
-    batches: dict | None             # the drain runs, from the worker's "drained batch" log lines
+    batches: dict | None             # the drain runs and tasks, from the worker's "drained batch" log lines
     samples: list[list]
 
 
@@ -50,13 +52,19 @@ def synthetic_logs(settings, count: int = 1000) -> list[dict]:
     return [schema.load(make_log(device_id("bench-drain", i % 500), i, rng)) for i in range(count)]
 
 
-def prefill(settings, redis_url: str, n: int, chunk: int = 2000) -> float:
-    """XADD n entries, `chunk` per pipelined round trip, encoded by the collector's own
-    encode_entry (so the drain sees exactly what the API would have written); returns seconds."""
+# What prefill writes for a log: the collector's encode_entry, or another of the same signature.
+Encode = Callable[[dict, dt.datetime], dict]
+
+
+def prefill(settings, redis_url: str, n: int, chunk: int = 2000, encode: Encode | None = None) -> float:
+    """XADD n entries, `chunk` per pipelined round trip, encoded by `encode`: by default the
+    collector's own encode_entry (so the drain sees exactly what the API would have written);
+    another for the stack of an older checkout (bench.wrk). Returns the seconds it took."""
     import redis
 
     from collector.pipeline.codec import encode_entry
 
+    encode = encode or encode_entry
     client = redis.Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=5)
     pool = synthetic_logs(settings)
     started = time.monotonic()
@@ -65,18 +73,35 @@ def prefill(settings, redis_url: str, n: int, chunk: int = 2000) -> float:
             received = dt.datetime.now(dt.UTC)
             pipe = client.pipeline(transaction=False)
             for i in range(offset, min(n, offset + chunk)):
-                pipe.xadd(settings.stream, encode_entry(pool[i % len(pool)], received))
+                pipe.xadd(settings.stream, encode(pool[i % len(pool)], received))
             pipe.execute()
     finally:
         client.close()
     return time.monotonic() - started
 
 
+def _logged_at(line: dict) -> float | None:
+    """When a JSON log line was written (logging's asctime, to the ms), in seconds; None if it does not say."""
+    try:
+        return dt.datetime.strptime(line["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def batch_timings(worker_log: Path, offset: int, pool_processes: int, drain_s: float | None) -> dict | None:
-    """The drain runs the worker logged ("drained batch" JSON lines after byte `offset`):
-    how many, how many entries each, and the time spent inside drain_batch, against the
-    wall time the pool's processes had (the rest is Celery's per-task cost, and idling)."""
-    seconds, entries = [], []
+    """The drain runs the worker logged after byte `offset` (a "drained batch" JSON line per
+    drain_batch call that read entries, with its task's id, its consumer and its time): how
+    many, how many entries each, the time spent inside drain_batch; and the drain_stream tasks
+    that carried them, each many runs in a row for up to DRAIN_TASK_SECONDS
+    (collector.pipeline.drain.drain_for).
+
+    Where the pool's time went, from the lines' times (a run starts `seconds` before its line):
+    a task lasts from its first run's start to its last run's line; within it, what drain_batch
+    did not take went between runs; from one task's end to the next task's start on the same
+    pool process (consumer) is Celery's hand-off (acknowledging the task, receiving and starting
+    the next); and the pool's wall time from the first row to the last that no task covered
+    went to processes waiting for a task (and to those hand-offs)."""
+    seconds, entries, tasks = [], [], {}
     with open(worker_log, "rb") as fh:
         fh.seek(offset)
         for raw in fh:
@@ -86,29 +111,55 @@ def batch_timings(worker_log: Path, offset: int, pool_processes: int, drain_s: f
                 line = json.loads(raw)
             except ValueError:
                 continue
-            if line.get("read"):
-                seconds.append(float(line["seconds"]))
-                entries.append(int(line["read"]))
+            if not line.get("read"):
+                continue
+            seconds.append(float(line["seconds"]))
+            entries.append(int(line["read"]))
+            at = _logged_at(line)
+            if line.get("task_id") and at is not None:  # [start, end, pool process] of its task
+                task = tasks.setdefault(line["task_id"], [at - seconds[-1], at, line.get("consumer")])
+                task[0], task[1] = min(task[0], at - seconds[-1]), max(task[1], at)
     if not seconds:
         return None
-    seconds.sort()
-    runs = len(seconds)
+    runs, inside = len(seconds), sum(seconds)
+    ordered = sorted(seconds)
     out = {
         "runs": runs,
         "mean_entries": round(sum(entries) / runs, 1),
-        "median_ms": round(1000 * statistics.median(seconds), 2),
-        "p95_ms": round(1000 * seconds[min(runs - 1, int(runs * 0.95))], 2),
-        "mean_ms": round(1000 * sum(seconds) / runs, 2),
+        "median_ms": round(1000 * statistics.median(ordered), 2),
+        "p95_ms": round(1000 * ordered[min(runs - 1, int(runs * 0.95))], 2),
+        "mean_ms": round(1000 * inside / runs, 2),
         "pool_processes": pool_processes,
         "pool_wall_ms_per_run": None,
+        # None below: the lines name no task (or no time).
+        "tasks": len(tasks) or None,
+        "runs_per_task": None,
+        "task_median_ms": None,        # first run's start to last run's end
+        "between_runs_ms": None,       # per run, within its task, outside drain_batch
+        "handoff_median_ms": None,     # one task's end to the next's start on the same pool process
+        "handoffs": 0,
+        "no_task_share": None,         # of the pool's wall time from the first row to the last
     }
+    if tasks:
+        spans = [end - start for start, end, _ in tasks.values()]
+        by_process: dict = {}
+        for start, end, consumer in sorted(tasks.values(), key=lambda task: task[0]):
+            by_process.setdefault(consumer, []).append((start, end))
+        gaps = [max(0.0, after[0] - before[1]) for ran in by_process.values() for before, after in pairwise(ran)]
+        out.update(runs_per_task=round(runs / len(tasks), 1), task_median_ms=round(1000 * statistics.median(spans), 1),
+                   between_runs_ms=round(1000 * max(0.0, sum(spans) - inside) / runs, 2), handoffs=len(gaps),
+                   handoff_median_ms=round(1000 * statistics.median(gaps), 1) if gaps else None)
     if drain_s and pool_processes > 0:
-        out["pool_wall_ms_per_run"] = round(1000 * drain_s * pool_processes / runs, 2)
+        wall = drain_s * pool_processes
+        out["pool_wall_ms_per_run"] = round(1000 * wall / runs, 2)
+        if tasks:
+            out["no_task_share"] = round(max(0.0, 1 - sum(spans) / wall), 3)
     return out
 
 
 def run_drain_phase(args: argparse.Namespace, target: Target, stack: Stack, probe: Probe,
-                    procs: Processes) -> DrainResult:
+                    procs: Processes, encode: Encode | None = None) -> DrainResult:
+    """The phase; `encode`: prefill's, for a stack whose code reads entries of another layout."""
     from collector.core.settings import load_settings
 
     settings = load_settings(stack.base_env)
@@ -118,7 +169,7 @@ def run_drain_phase(args: argparse.Namespace, target: Target, stack: Stack, prob
     before = sampler.take()
     if before.backlog:
         log(f"drain: {before.backlog} entries were still queued; they count towards the drain")
-    seconds = prefill(settings, target_redis_url(), args.backlog)
+    seconds = prefill(settings, target_redis_url(), args.backlog, encode=encode)
     log(f"drain: pre-filled in {seconds:.1f} s ({args.backlog / seconds:,.0f} XADD/s); starting the worker")
     goal = before.persisted + args.backlog + (before.backlog or 0)
 

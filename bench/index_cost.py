@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.index_cost", description=__doc__.split("\n\n")[1])
     p.add_argument("--logs", type=int, default=100_000, help="Logs stored per measurement (default 100000).")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds; the median is printed (default 3).")
+    p.add_argument("--pending-list-kb", type=int, default=None,
+                   help="Also measure the full schema with this gin_pending_list_limit (kB) on the trigram "
+                        "index (PostgreSQL's default is 4096): a longer list batches more of the index's work.")
     return p.parse_args(argv)
 
 
@@ -42,18 +45,38 @@ def backend_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
 
 
-def store(database_url: str, rows: list, without: str | None) -> float:
-    """Backend CPU µs per row to store `rows` in an emptied `logs`, with `without` dropped."""
+def _partition_indexes(conn: psycopg.Connection, like: str) -> list[str]:
+    return [name for (name,) in conn.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid IN "
+        "(SELECT inhrelid FROM pg_inherits WHERE inhparent = 'logs'::regclass) "
+        "AND indexrelid::regclass::text LIKE %s", (like,)).fetchall()]
+
+
+def store(database_url: str, rows: list, without: str | None, pending_list_kb: int | None = None) -> float:
+    """Backend CPU µs per row to store `rows` in an emptied `logs`, with `without` dropped.
+
+    All of the index work is this backend's: autovacuum is off for the partitions, and the
+    trigram indexes' pending lists (GIN's fast update, which defers part of the work) are
+    flushed at the end, inside the measurement."""
     from collector.store.logs import insert_logs
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE logs, log_counts, device_counts")
         if without:
             conn.execute(f"DROP INDEX IF EXISTS {without}")
+        for (partition,) in conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits "
+                                         "WHERE inhparent = 'logs'::regclass").fetchall():
+            conn.execute(f"ALTER TABLE {partition} SET (autovacuum_enabled = off)")
+        trigram = _partition_indexes(conn, "%message%")
+        if pending_list_kb:  # on each partition's index: a partitioned index has no storage of its own
+            for name in trigram:
+                conn.execute(f"ALTER INDEX {name} SET (gin_pending_list_limit = {int(pending_list_kb)})")
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         before = backend_cpu_seconds(pid)
         for offset in range(0, len(rows), 100):
             insert_logs(conn, rows[offset:offset + 100], writer="index-cost")
+        for name in trigram:
+            conn.execute("SELECT gin_clean_pending_list(%s::regclass)", (name,))
         used = backend_cpu_seconds(pid) - before
     return 1e6 * used / len(rows)
 
@@ -82,14 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     database_url = own_database_url(DATABASE)
     rows = rows_for(args.logs)
     results: dict[str, list[float]] = {"full schema": [], **{f"without {name}": [] for name in INDEXES}}
+    pending = f"full schema, gin_pending_list_limit {args.pending_list_kb} kB"
+    if args.pending_list_kb:
+        results[pending] = []
     try:
         for round_ in range(args.rounds):
             for label in results:
                 drop_database(database_url, DATABASE)
                 create_database_if_missing(database_url)
                 migrate(database_url)
-                without = label.removeprefix("without ") if label != "full schema" else None
-                results[label].append(store(database_url, rows, without))
+                without = label.removeprefix("without ") if label.startswith("without ") else None
+                results[label].append(store(database_url, rows, without,
+                                            args.pending_list_kb if label == pending else None))
                 log(f"round {round_ + 1}: {label}: {results[label][-1]:.1f} µs of PostgreSQL CPU per row")
     finally:
         drop_database(database_url, DATABASE)
@@ -100,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in INDEXES:
         without = statistics.median(results[f"without {name}"])
         print(f"  without {name}: {without:.1f} µs (the index costs {full - without:.1f} µs per log)")
+    if args.pending_list_kb:
+        print(f"  {pending}: {statistics.median(results[pending]):.1f} µs")
     return 0
 
 

@@ -36,9 +36,10 @@ def machine_info() -> dict:
     }
 
 
-def git_revision() -> str:
+def git_revision(root: Path = ROOT) -> str:
+    """`git describe --always --dirty` of the checkout at `root` (by default this one)."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], check=False, cwd=ROOT, capture_output=True,
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], check=False, cwd=root, capture_output=True,
                              text=True, timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = None
     started_at, revision = dt.datetime.now(dt.UTC), git_revision()  # the code this run loads
     try:
-        prepare_own_namespace(target, stack.base_env)
+        prepare_own_namespace(target, stack)
         start_stack(args, target, stack)
         from collector.core.settings import load_settings
 

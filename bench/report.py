@@ -105,13 +105,24 @@ def _drain_notes(d: dict, cores: int) -> list[str]:
     notes = [note + ("." if d["complete"] else f" (**incomplete**: {d['stored']:,} stored).")]
     b = d.get("batches")
     if b:
-        text = (f"  - drain runs (the worker's \"drained batch\" log lines): {b['runs']:,} runs of "
-                f"{b['mean_entries']:g} entries on average; inside drain_batch median {b['median_ms']:.1f} ms, "
+        text = (f"  - drain runs (the worker's \"drained batch\" log lines, one per drain_batch call): {b['runs']:,} "
+                f"runs of {b['mean_entries']:g} entries on average; inside drain_batch median {b['median_ms']:.1f} ms, "
                 f"p95 {b['p95_ms']:.1f} ms, mean {b['mean_ms']:.1f} ms")
+        if b.get("tasks"):
+            # A drain_stream task carries many runs (DRAIN_TASK_SECONDS): what Celery costs is per task,
+            # seen in the gaps between tasks, not in the time per run.
+            text += (f". They came in {b['tasks']:,} drain_stream tasks of {b['runs_per_task']:g} runs "
+                     f"(median {_fmt(b['task_median_ms'], 0)} ms each), with {b['between_runs_ms']:.2f} ms per run "
+                     "between runs inside a task")
+            if b["handoff_median_ms"] is not None:
+                text += (f"; from a task's end to the next one's start on the same pool process (Celery's "
+                         f"hand-off) {b['handoff_median_ms']:.1f} ms median over {b['handoffs']:,}")
         if b["pool_wall_ms_per_run"]:
-            text += (f"; the pool's {b['pool_processes']} processes had {b['pool_wall_ms_per_run']:.1f} ms "
-                     f"of wall time per run, so {b['pool_wall_ms_per_run'] - b['mean_ms']:.1f} ms per run went "
-                     "outside drain_batch (Celery's per-task work, waiting)")
+            text += (f"; the pool's {b['pool_processes']} processes had {b['pool_wall_ms_per_run']:.1f} ms of wall "
+                     "time per run from the first row to the last")
+            if b.get("no_task_share") is not None:
+                text += (f", {b['no_task_share']:.0%} of it in no drain task (processes waiting for one, and the "
+                         "hand-offs)")
         notes.append(text + ".")
     if d["cpu"]:
         notes.append(f"  - CPU while draining: {_cpu_text(d['cpu'], cores)}; "

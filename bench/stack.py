@@ -1,71 +1,133 @@
 """The stack the bench starts: the Procfile's api1, api2, worker, beat and nginx, each a
 `collector.devtools.processes.Process` in a process group of its own, on the bench's
-ports, database and Redis namespace."""
+ports, database and Redis namespace; by default this checkout's code, or another
+checkout's (`Checkout`: its Procfile, directory, PYTHONPATH and virtualenv), which
+`python -m bench.wrk --code DIR` runs to compare revisions."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import signal
+import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import PROCFILE, BenchError, http_ok, log
+from bench.machine import git_revision
 from bench.options import BENCH_DATABASE, Target, target_redis_url
 from collector.devtools.processes import ROOT, Process, WaitTimeout, nginx_binary, port_in_use, wait_until
 
 STOP_TIMEOUT = 30.0  # seconds a service gets to shut down gracefully before SIGKILL
 FLEET_PREFIX = "bench-"  # every device id the bench's phases use starts with it (--device-prefix bench-<phase>)
+# Not passed on from our environment: the bench sets its own, or leaves them unset. WORKER_PIDFILE is
+# `make run`'s (collector/devtools/run.py); unset, the Procfile's --pidfile="${WORKER_PIDFILE:-}" is
+# empty and the worker writes no pidfile.
+NOT_INHERITED = ("BIND", "PORT", "INSTANCE_NAME", "WORKER_PIDFILE")
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def read_procfile(path: Path = PROCFILE) -> dict[str, tuple[dict[str, str], list[str]]]:
-    """name -> (env assignments, argv) for each `name: VAR=value command args` line.
+def expand(word: str, env: Mapping[str, str]) -> str:
+    """`${VAR:-default}` and `${VAR}` in `word` as a shell expands them (honcho runs each
+    Procfile line in one): VAR's value, else the default (or nothing) when VAR is unset or empty."""
+    return _VARIABLE.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", word)
+
+
+def read_procfile(path: Path = PROCFILE, env: Mapping[str, str] | None = None
+                  ) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """name -> (env assignments, argv) for each `name: VAR=value command args` line, with
+    `${VAR:-default}` expanded from `env` (default: ours), as honcho's shell would.
 
     The bench starts exactly what `make run` starts, so a change to the Procfile (say,
     worker concurrency) shows up in the next benchmark without touching the bench.
     """
+    env = os.environ if env is None else env
     entries = {}
     for line in path.read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#") or ":" not in line:
             continue
         name, command = line.split(":", 1)
-        words = shlex.split(command)
-        env = {}
+        words = [expand(word, env) for word in shlex.split(command)]
+        assignments = {}
         while words and "=" in words[0] and words[0].split("=", 1)[0].isidentifier():
             key, value = words.pop(0).split("=", 1)
-            env[key] = value
-        entries[name.strip()] = (env, words)
+            assignments[key] = value
+        entries[name.strip()] = (assignments, words)
     return entries
 
 
-def _bench_node_name(name: str) -> str:
+def bench_node_name(name: str) -> str:
     """worker1@%h -> bench-worker1@%h: a Celery node name of our own."""
     return name if name.startswith("bench-") else f"bench-{name}"
 
 
+@dataclass(frozen=True)
+class Checkout:
+    """The code a stack runs: a checkout of the collector, the virtualenv its Procfile's
+    `.venv/bin/...` paths mean, and its revision.
+
+    Another checkout than this one runs in its own directory with PYTHONPATH=root: a shared
+    virtualenv (this one's) has this checkout installed in editable mode."""
+
+    root: Path
+    venv: Path
+    revision: str
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    def env(self) -> dict[str, str]:
+        """What its processes need besides the stack's settings."""
+        return {} if self.root == ROOT else {"PYTHONPATH": str(self.root)}
+
+    def command(self, argv: list[str]) -> list[str]:
+        """A Procfile command, its `.venv/...` words made paths into `venv`."""
+        if self.venv == self.root / ".venv":
+            return argv
+        return [str(self.venv / word[len(".venv/"):]) if word.startswith(".venv/") else word for word in argv]
+
+
+def checkout_at(root: Path = ROOT) -> Checkout:
+    """The checkout at `root` (default: this one), with its own .venv, or else this one's."""
+    root = root.resolve()
+    venv = root / ".venv" if (root / ".venv" / "bin" / "python").exists() else ROOT / ".venv"
+    return Checkout(root, venv, git_revision(root))
+
+
 class Stack:
-    """api1, api2, worker, beat and nginx from the Procfile, on the bench's ports and namespace."""
+    """api1, api2, worker, beat and nginx from the Procfile of `checkout` (default: this one),
+    on the bench's ports and namespace; `settings` (collector settings, say AUTH_ENABLED) go to
+    every process and to `base_env`, the environment of the commands run beside them."""
 
     NAMES = ("worker", "beat", "api1", "api2", "nginx")
 
-    def __init__(self, args: argparse.Namespace, target: Target, run_dir: Path) -> None:
-        procfile = read_procfile()
-        missing = [n for n in self.NAMES if n not in procfile]
-        if missing:
-            raise BenchError(f"the Procfile has no {', '.join(missing)} entry")
-        base = {k: v for k, v in os.environ.items() if k not in ("BIND", "PORT", "INSTANCE_NAME")}
+    def __init__(self, args: argparse.Namespace, target: Target, run_dir: Path, checkout: Checkout | None = None,
+                 settings: Mapping[str, str] | None = None) -> None:
+        self.checkout = checkout or checkout_at()
+        base = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
         base.update(
             DATABASE_URL=target.database_url,
             KEY_PREFIX=target.key_prefix,
             # Not the default /tmp path, which a `make run` beat on this host would share.
             BEAT_SCHEDULE_FILE=str(run_dir / "celerybeat-schedule"),
             PYTHONUNBUFFERED="1",
+            **self.checkout.env(),
+            **(settings or {}),
         )
         ports = {"api1": args.api1_port, "api2": args.api2_port}
+        path = self.checkout.root / "Procfile"
+        # Its ${API1_PORT:-8001}s mean our ports (an older Procfile has the ports as they are: set below).
+        procfile = read_procfile(path, {**base, "API1_PORT": str(args.api1_port), "API2_PORT": str(args.api2_port)})
+        missing = [n for n in self.NAMES if n not in procfile]
+        if missing:
+            raise BenchError(f"{path} has no {', '.join(missing)} entry")
         self.base_env = base
         self.services: dict[str, Process] = {}
         self.running: set[str] = set()  # started and not stopped on purpose
@@ -79,9 +141,10 @@ class Stack:
             if name == "nginx":
                 env.update(API1_ADDR=f"127.0.0.1:{args.api1_port}", API2_ADDR=f"127.0.0.1:{args.api2_port}",
                            LISTEN=f"127.0.0.1:{args.port}", NGINX_STATE_DIR=str(run_dir / "nginx"))
-            argv = [_bench_node_name(w) if i and argv[i - 1] in ("-n", "--hostname") else w
+            argv = self.checkout.command(argv)
+            argv = [bench_node_name(w) if i and argv[i - 1] in ("-n", "--hostname") else w
                     for i, w in enumerate(argv)]
-            self.services[name] = Process(name, argv, env, run_dir / "logs" / f"{name}.log")
+            self.services[name] = Process(name, argv, env, run_dir / "logs" / f"{name}.log", cwd=self.checkout.root)
 
     def start(self, name: str) -> None:
         service = self.services[name].start()
@@ -125,15 +188,18 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         raise BenchError(str(exc)) from None
 
 
-def run_checked(argv: list[str], env: dict[str, str], timeout: float, what: str) -> None:
+def run_checked(argv: list[str], env: Mapping[str, str], timeout: float, what: str, cwd: Path = ROOT,
+                echo: bool = True) -> str:
+    """Run a command to its end in `cwd`; its stdout. `echo`: log its last line (not for a secret)."""
     try:
-        out = subprocess.run(argv, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=timeout)
+        out = subprocess.run(argv, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{what} did not finish within {timeout:.0f} s") from None
     if out.returncode != 0:
         raise BenchError(f"{what} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
-    log(f"{what}: {(out.stdout or out.stderr).strip().splitlines()[-1:] or ['ok']}")
+    if echo:
+        log(f"{what}: {(out.stdout or out.stderr).strip().splitlines()[-1:] or ['ok']}")
+    return out.stdout
 
 
 def delete_namespace(prefix: str) -> None:
@@ -181,20 +247,24 @@ def reset_for_drain(settings, database_name: str) -> None:
         client.close()
 
 
-def prepare_own_namespace(target: Target, stack_env: dict[str, str]) -> None:
-    """Wipe the bench's own database and key prefix (never one the user chose), then migrate."""
+def prepare_own_namespace(target: Target, stack: Stack) -> None:
+    """Wipe the bench's own database and key prefix (never one the user chose), then migrate
+    with the stack's code."""
     if target.wipe_database:
         drop_database(target.database_url, BENCH_DATABASE)
     if target.wipe_redis:
         delete_namespace(target.key_prefix)
-    run_checked([sys.executable, "-m", "collector.migrate"], stack_env, 120, "migrate")
+    run_checked([stack.checkout.python, "-m", "collector.migrate"], stack.base_env, 120, "migrate",
+                cwd=stack.checkout.root)
 
 
-def start_stack(args: argparse.Namespace, target: Target, stack: Stack) -> None:
-    for port in (args.api1_port, args.api2_port):
+def start_stack(args: argparse.Namespace, target: Target, stack: Stack, keys: bool = True) -> None:
+    """Start the stack's processes and wait until each answers; with `keys`, make the fleet's
+    key (device ids bench-*) and a reader key for Locust (target.locust_env)."""
+    for port in (args.port, args.api1_port, args.api2_port):
         if port_in_use(port):
-            raise BenchError(f"port {port} is in use but nothing answers /health on :{args.port}; "
-                             "stop it or choose --api1-port/--api2-port/--port")
+            raise BenchError(f"port {port} is in use: stop what listens there or choose "
+                             "--port/--api1-port/--api2-port")
     if nginx_binary() is None:
         raise BenchError("nginx is not installed: sudo apt-get install -y nginx (or brew install nginx)")
     started = time.monotonic()
@@ -204,43 +274,35 @@ def start_stack(args: argparse.Namespace, target: Target, stack: Stack) -> None:
         wait_for(lambda p=port: http_ok(f"http://127.0.0.1:{p}/health"), 60, f"the API on :{port}",
                  check=stack.check)
     wait_for(lambda: http_ok(f"{target.base_url}/health"), 30, f"nginx on :{args.port}", check=stack.check)
-    wait_for(lambda: worker_polled_since(stack, started), 90, "the Celery worker's first drain run",
+    wait_for(lambda: worker_answers(stack), 90, "the Celery worker's answer to `celery inspect ping`",
              interval=0.5, check=stack.check)
-    target.locust_env.update(
-        DEVICES_API_KEY=create_key(stack, "--prefix", FLEET_PREFIX, "--name", "bench fleet"),
-        DEVICES_READER_KEY=create_key(stack, "--role", "reader", "--name", "bench reader"))
-    log(f"stack ready in {time.monotonic() - started:.1f} s")
+    if keys:
+        target.locust_env.update(
+            DEVICES_API_KEY=create_key(stack, "--prefix", FLEET_PREFIX, "--name", "bench fleet"),
+            DEVICES_READER_KEY=create_key(stack, "--role", "reader", "--name", "bench reader"))
+    code = "" if stack.checkout.root == ROOT else f" of {stack.checkout.revision} ({stack.checkout.root})"
+    log(f"stack{code} ready in {time.monotonic() - started:.1f} s")
 
 
 def create_key(stack: Stack, *options: str) -> str:
-    """A key made with the collector's own CLI in the stack's database and namespace; its secret."""
-    argv = [sys.executable, "-m", "collector.keys", "create", *options]
-    try:
-        out = subprocess.run(argv, check=False, cwd=ROOT, env=stack.base_env, capture_output=True, text=True,
-                             timeout=60)
-    except subprocess.TimeoutExpired:
-        raise BenchError("python -m collector.keys create did not finish within 60 s") from None
-    lines = out.stdout.strip().splitlines()
-    if out.returncode != 0 or not lines:
-        raise BenchError(f"python -m collector.keys create {' '.join(options)} failed ({out.returncode}): "
-                         f"{out.stderr.strip()}")
+    """A key made with the stack's code's own CLI in its database and namespace; its secret."""
+    what = f"python -m collector.keys create {' '.join(options)}"
+    lines = run_checked([stack.checkout.python, "-m", "collector.keys", "create", *options], stack.base_env, 60,
+                        what, cwd=stack.checkout.root, echo=False).strip().splitlines()
+    if not lines:
+        raise BenchError(f"{what} printed no key")
     return lines[-1].strip()  # the secret alone on the last line: the CLI's contract
 
 
-def worker_polled_since(stack: Stack, since: float) -> bool:
-    """True once a consumer of the drain group read the stream after `since`: the worker
-    runs, beat reaches it, and the drain works (better than waiting a fixed time)."""
-    import redis
-
-    from collector.core.settings import load_settings
-
-    settings = load_settings(stack.base_env)
-    client = redis.Redis.from_url(target_redis_url(), socket_timeout=5, socket_connect_timeout=5)
-    try:
-        consumers = client.xinfo_consumers(settings.stream, settings.consumer_group)
-    except redis.ResponseError:
-        return False  # no stream or group yet
-    finally:
-        client.close()
-    age_ms = (time.monotonic() - since) * 1000
-    return any(c.get("idle", age_ms + 1) < age_ms for c in consumers)
+def worker_answers(stack: Stack) -> bool:
+    """True once the stack's Celery worker answers `celery inspect ping` by its node name (the
+    Procfile's -n, made ours): it runs and hears its broker. Not a drain run, which the bench
+    once waited for: with the stream empty the drain tick sends none (tasks/drain.py), and an
+    older checkout's worker is asked the same way. The Procfile's flower line waits so too."""
+    words = stack.services["worker"].argv
+    node = next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-n", "--hostname")), None)
+    # The Procfile's own `celery -A <app>`, then the ping (to any worker of our namespace without a -n).
+    argv = [*words[:words.index("worker")], "inspect", "ping", "--timeout=1",
+            *(["-d", node.replace("%h", socket.gethostname())] if node else [])]
+    return subprocess.run(argv, cwd=stack.checkout.root, env=stack.base_env, capture_output=True, timeout=30,
+                          check=False).returncode == 0

@@ -31,8 +31,8 @@ A checkout that lacks them (e326170) runs with them off. `--code DIR` runs the s
 (Procfile, cwd, migrate, key CLI) from another checkout, with DIR/.venv or else this one's
 (PYTHONPATH=DIR); the measuring code is always this checkout's.
 
-Results: tables on stdout, everything in bench-results/wrk.json (and `--record PATH`), wrk's output
-and the services' logs in bench-results/wrk/<round>-<revision>/.
+Results: tables on stdout (bench.wrk_report), everything in bench-results/wrk.json (and `--record
+PATH`), wrk's output and the services' logs in bench-results/wrk/<round>-<revision>/.
 """
 
 from __future__ import annotations
@@ -42,129 +42,51 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
-import re
 import resource
 import secrets
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.__main__ import terminate_cleanly
-from bench.common import BenchError, dumps, http_ok, log
+from bench.common import BenchError, dumps, log, terminate_cleanly
 from bench.drain import run_drain_phase
 from bench.machine import git_revision, machine_info
 from bench.options import BENCH_DATABASE, Target, choose_namespace, target_redis_url
-from bench.probes import SERVICE_GROUPS, DirectProbe, Processes, cpu_percent, cpu_seconds_per_million
+from bench.probes import DirectProbe, Processes, cpu_percent
 from bench.sampling import Sampler, growing, settle
-from bench.stack import Stack, _bench_node_name, delete_namespace, drop_database, read_procfile, wait_for
+from bench.stack import Checkout, Stack, checkout_at, create_key, delete_namespace, prepare_own_namespace, start_stack
+from bench.wrk_report import collector_cpu, comparison, cpu_cost, describe, load_figures, parse_wrk
 from collector.core.settings import load_settings
-from collector.devtools.processes import ROOT, port_in_use
+from collector.devtools.processes import ROOT
 from collector.devtools.servers import ensure_servers, stop_servers
+from collector.pipeline.codec import encode_entry
 
 SCRIPTS = ROOT / "bench" / "wrk"
 WORKLOADS = {"batch": ("batch5.lua", "/api/logs/batch", 5), "single": ("single.lua", "/api/log", 1)}
 PHASES = ("batch", "single", "drain")
 FLEET = "device_"  # the scripts' device ids: device_000..device_099
 FLAT_WITHIN_S = 1.0  # the backlog must be empty this soon after the load stops
-# The figures medians and ratios are taken of, per phase.
-FIGURES = ("accepted_per_s", "persisted_per_s", "p50_ms", "p99_ms", "cpu_s_per_million_logs", "drain_per_s")
-
-
-# --- wrk's output --------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_TIME = r"([\d.]+)(us|ms|s|m|h)"
-
-
-def parse_wrk(text: str) -> dict:
-    """wrk's summary (with --latency) and common.lua's status lines, as numbers."""
-    def find(pattern: str) -> re.Match | None:
-        return re.search(pattern, text, re.MULTILINE)
-
-    total = find(rf"^\s*(\d+) requests in {_TIME}")
-    rate = find(r"^Requests/sec:\s+([\d.]+)")
-    if total is None or rate is None:
-        raise BenchError(f"wrk printed no summary:\n{text[-2000:]}")
-    requests, rps = int(total.group(1)), float(rate.group(1))
-    sockets = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-    non_2xx = find(r"Non-2xx or 3xx responses: (\d+)")
-    latency = {f"p{float(m.group(1)):g}_ms": round(float(m.group(2)) * _UNITS[m.group(3)] * 1000, 2)
-               for m in re.finditer(rf"^\s+([\d.]+)%\s+{_TIME}\s*$", text, re.MULTILINE)}
-    return {
-        "requests": requests,
-        # requests ÷ Requests/sec is wrk's own runtime to the ms; "in 1.00m" is rounded to 0.6 s.
-        "duration_s": round(requests / rps, 3) if rps else float(total.group(2)) * _UNITS[total.group(3)],
-        "requests_per_s": rps,
-        **latency,
-        "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True))
-        if sockets else {"connect": 0, "read": 0, "write": 0, "timeout": 0},
-        "non_2xx_3xx": int(non_2xx.group(1)) if non_2xx else 0,
-        "statuses": {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"^wrk-status (\d+) (\d+)$", text, re.M)},
-        "error_samples": {int(m.group(1)): m.group(2) for m in re.finditer(r"^wrk-sample (\d+) (.*)$", text, re.M)},
-    }
-
-
-def ok_requests(wrk: dict) -> int:
-    """Requests answered 2xx: common.lua's count, or else wrk's total less its "Non-2xx or 3xx"."""
-    if wrk["statuses"]:
-        return sum(n for status, n in wrk["statuses"].items() if 200 <= status < 300)
-    return wrk["requests"] - wrk["non_2xx_3xx"]
-
-
-# --- the arithmetic ------------------------------------------------------------------------
-
-def cpu_cost(cpu: dict, seconds: float, logs: int) -> dict:
-    """bench.probes' CPU seconds per million logs (the collector's parts: SERVICE_GROUPS), in all
-    and by part, from cpu_percent's % of one core over `seconds`; and the CPU seconds in all."""
-    return {"cpu_s": round(sum(cpu.get(g) or 0.0 for g in SERVICE_GROUPS) / 100 * seconds, 2),
-            "cpu_s_per_million_logs": cpu_seconds_per_million(cpu, seconds, logs),
-            "cpu_s_per_million_by_part": {g: cpu_seconds_per_million({g: cpu.get(g) or 0.0}, seconds, logs)
-                                          for g in SERVICE_GROUPS}}
-
-
-def storage_problems(accepted: int, stored: int, distinct: int | None, in_flight: int) -> list[str]:
-    """Every log answered 2xx stored once. wrk counts only the answers it read before stopping;
-    up to `in_flight` more logs (its open requests) may have been accepted and stored too."""
-    problems = []
-    if stored < accepted:
-        problems.append(f"LOST: {accepted - stored:,} logs answered 2xx are not stored ({stored:,} of {accepted:,})")
-    elif stored > accepted + in_flight:
-        problems.append(f"EXTRA ROWS: {stored:,} stored for {accepted:,} accepted, more than the {in_flight:,} "
-                        "that may have been in flight")
-    if distinct is not None and distinct != stored:
-        problems.append(f"DUPLICATES: {stored - distinct:,} rows repeat a (device_id, boot_id, seq)")
-    return problems
 
 
 # --- which code runs the stack -------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Code:
-    root: Path
-    venv: Path              # the virtualenv its Procfile's .venv/bin/... paths mean
-    revision: str
+class Code(Checkout):
+    """A checkout (bench.stack runs its Procfile in its directory) and what its collector has."""
+
     has_keys: bool          # collector.keys (device keys, AUTH_ENABLED)
     has_sequences: bool     # boot_id/seq in its schema (and Idempotency-Key)
 
-    @property
-    def python(self) -> str:
-        return str(self.venv / "bin" / "python")
-
 
 def code_at(root: Path) -> Code:
-    root = root.resolve()
     if not (root / "Procfile").exists():
-        raise SystemExit(f"{root} has no Procfile: not a checkout of the collector")
-    venv = root / ".venv" if (root / ".venv" / "bin" / "python").exists() else ROOT / ".venv"
-    described = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], check=False,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    schemas = [p.read_text() for p in (root / "collector" / "web" / "schemas.py", root / "collector" / "schemas.py")
-               if p.exists()]
-    return Code(root, venv, described or "unknown", (root / "collector" / "keys.py").exists(),
+        raise SystemExit(f"{root.resolve()} has no Procfile: not a checkout of the collector")
+    checkout = checkout_at(root)
+    package = checkout.root / "collector"
+    schemas = [p.read_text() for p in (package / "web" / "schemas.py", package / "schemas.py") if p.exists()]
+    return Code(checkout.root, checkout.venv, checkout.revision, (package / "keys.py").exists(),
                 any("boot_id" in text for text in schemas))
 
 
@@ -177,79 +99,6 @@ def choose_config(args: argparse.Namespace, code: Code) -> tuple[bool, bool]:
                              "out (it is then off for that code) or pass --no-" + flag[2:])
     keys = code.has_keys if args.keys is None else args.keys
     return keys, code.has_sequences if args.exactly_once is None else args.exactly_once
-
-
-def stack_at(args: argparse.Namespace, target: Target, run_dir: Path, code: Code, env: dict[str, str]) -> Stack:
-    """bench.stack.Stack on our ports and namespace, its processes from `code`'s checkout.
-
-    Stack reads this checkout's Procfile and runs in ROOT; for another checkout each service
-    gets that checkout's command (its .venv/bin/... paths made absolute), its cwd, and
-    PYTHONPATH=root (the shared .venv has this checkout installed in editable mode)."""
-    stack = Stack(args, target, run_dir)
-    stack.base_env.update(env)
-    for service in stack.services.values():
-        service.env.update(env)
-    if code.root == ROOT:
-        return stack
-    stack.base_env["PYTHONPATH"] = str(code.root)
-    procfile = read_procfile(code.root / "Procfile")
-    for name, service in stack.services.items():
-        if name not in procfile:
-            raise BenchError(f"{code.root}/Procfile has no {name} entry")
-        assignments, argv = procfile[name]
-        argv = [str(code.venv / w[len(".venv/"):]) if w.startswith(".venv/") else w for w in argv]
-        service.argv = [_bench_node_name(w) if i and argv[i - 1] in ("-n", "--hostname") else w
-                        for i, w in enumerate(argv)]
-        # Its assignments fill in only what the bench does not set (ports, instance names).
-        service.env = {**assignments, **service.env, "PYTHONPATH": str(code.root)}
-        service.cwd = code.root
-    return stack
-
-
-def run_code(code: Code, stack: Stack, args: list[str], what: str) -> str:
-    """`python <args>` of `code`, in its checkout, with the stack's settings; its stdout."""
-    try:
-        out = subprocess.run([code.python, *args], cwd=code.root, env=stack.base_env, capture_output=True,
-                             text=True, timeout=120, check=False)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{what} did not finish within 120 s") from None
-    if out.returncode != 0:
-        raise BenchError(f"{what} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
-    return out.stdout
-
-
-def start(args: argparse.Namespace, target: Target, stack: Stack, code: Code) -> None:
-    """bench.stack's prepare_own_namespace and start_stack, with `code`'s migrate and no keys
-    (an older checkout has none; the fleet key is made by the caller)."""
-    for port in (args.port, args.api1_port, args.api2_port):
-        if port_in_use(port):
-            raise BenchError(f"port {port} is in use: stop what listens there or choose --port/--api1-port/--api2-port")
-    if target.wipe_database:
-        drop_database(target.database_url, BENCH_DATABASE)
-    if target.wipe_redis:
-        delete_namespace(target.key_prefix)
-    run_code(code, stack, ["-m", "collector.migrate"], "migrate")
-    started = time.monotonic()
-    for name in ("worker", "beat", "api1", "api2", "nginx"):
-        stack.start(name)
-    for port in (args.api1_port, args.api2_port):
-        wait_for(lambda p=port: http_ok(f"http://127.0.0.1:{p}/health"), 60, f"the API on :{port}", check=stack.check)
-    wait_for(lambda: http_ok(f"{target.base_url}/health"), 30, f"nginx on :{args.port}", check=stack.check)
-    # Not bench.stack's worker_polled_since: an idle drain tick no longer sends a drain run, so no
-    # consumer reads the stream until there is a backlog. The Procfile's flower entry waits so too.
-    wait_for(lambda: worker_answers(code, stack), 90, "the Celery worker's answer to inspect ping", interval=0.5,
-             check=stack.check)
-    log(f"stack of {code.revision} ready in {time.monotonic() - started:.1f} s")
-
-
-def worker_answers(code: Code, stack: Stack) -> bool:
-    """True once the stack's Celery worker (by its node name, as the Procfile's -n gives it) answers a ping."""
-    words = stack.services["worker"].argv
-    node = next(words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-n", "--hostname"))
-    argv = [str(code.venv / "bin" / "celery"), "-A", "tasks.celery_app", "inspect", "ping", "--timeout=1",
-            "-d", node.replace("%h", socket.gethostname())]
-    return subprocess.run(argv, cwd=code.root, env=stack.base_env, capture_output=True, timeout=30,
-                          check=False).returncode == 0
 
 
 # --- the phases ----------------------------------------------------------------------------
@@ -266,24 +115,6 @@ class Run:
     run_dir: Path
     wrk_env: dict[str, str]
     exactly_once: bool
-
-
-def load_figures(wrk: dict, per_request: int, connections: int, stored: int, distinct: int | None,
-                 end_to_end_s: float) -> dict:
-    """A load phase's figures from wrk's and the rows stored from wrk's start until the count
-    stopped growing (`end_to_end_s`), as ../shared/bench/README.md defines them."""
-    accepted = ok_requests(wrk) * per_request
-    socket_errors = sum(wrk["socket_errors"].values())
-    return {
-        "accepted_logs": accepted, "accepted_per_s": round(accepted / wrk["duration_s"], 1),
-        "stored_logs": stored, "distinct_logs": distinct,
-        "persisted_per_s": round(stored / end_to_end_s, 1), "end_to_end_s": round(end_to_end_s, 2),
-        "errors": socket_errors + wrk["requests"] - ok_requests(wrk),
-        # Requests open when wrk stopped (one per connection), and those it gave up on, may be stored too.
-        "problems": storage_problems(accepted, stored, distinct, (connections + socket_errors) * per_request) + (
-            [f"THROTTLED: {wrk['statuses'][429]:,} answers were 429: the figures are of a throttled load (raise "
-             "--rate-limit, or nginx's RATE_LIMIT)"] if wrk["statuses"].get(429) else []),
-    }
 
 
 def drive(argv: list[str], env: dict[str, str], output: Path, timeout: float, sampler: Sampler,
@@ -353,11 +184,6 @@ def run_wrk(name: str, seconds: float, args: argparse.Namespace, run: Run) -> di
     return result
 
 
-def collector_cpu(cpu: dict) -> dict:
-    """cpu_percent's figures without Processes' Locust group (no Locust here: wrk is in "other")."""
-    return {part: pct for part, pct in cpu.items() if part != "locust"}
-
-
 def seconds_until_empty(probe: DirectProbe, since: float, timeout: float) -> float | None:
     """Seconds from `since` until the backlog (stream lag + pending) reads 0, polled every 50 ms:
     finer than the Sampler, whose count(*) gets slow as the table grows."""
@@ -368,30 +194,16 @@ def seconds_until_empty(probe: DirectProbe, since: float, timeout: float) -> flo
     return None
 
 
-@contextlib.contextmanager
-def entries_with_receive_time():
-    """bench.drain.prefill's entries, plus the receive time as field "r": a checkout from
-    before migration 0007 (e326170) needs it to decode an entry, today's ignores it. prefill
-    takes no encoder, so its encoder is swapped while it runs."""
-    from collector.pipeline import codec
-
-    original = codec.encode_entry
-
-    def encode(log_fields: dict, received_at: dt.datetime) -> dict:
-        return {**original(log_fields, received_at), b"r": received_at.isoformat()}
-
-    codec.encode_entry = encode
-    try:
-        yield
-    finally:
-        codec.encode_entry = original
+def with_receive_time(log_fields: dict, received_at: dt.datetime) -> dict:
+    """encode_entry's entry plus the receive time as field "r": a checkout from before migration
+    0007 (e326170) needs it to decode an entry; today's ignores it."""
+    return {**encode_entry(log_fields, received_at), b"r": received_at.isoformat()}
 
 
 def run_drain(args: argparse.Namespace, run: Run) -> dict:
     """bench.drain's phase as it is, with its CPU per million logs stored."""
-    legacy = entries_with_receive_time() if run.code.root != ROOT else contextlib.nullcontext()
-    with legacy:
-        result = dataclasses.asdict(run_drain_phase(args, run.target, run.stack, run.probe, run.procs))
+    encode = with_receive_time if run.code.root != ROOT else None
+    result = dataclasses.asdict(run_drain_phase(args, run.target, run.stack, run.probe, run.procs, encode))
     samples, cpu = result.pop("samples"), collector_cpu(result.pop("cpu") or {})
     window = samples[-1][0] if samples else (result["total_s"] or 0.0)  # worker start to the CPU's last reading
     problems = [] if result["complete"] else [
@@ -433,14 +245,14 @@ def run_stack(args: argparse.Namespace, code: Code, round_no: int, run_dir: Path
     own_servers, stack, probe = [], None, None
     try:
         own_servers = ensure_servers(target_redis_url(), database_url, say=log)
-        stack = stack_at(args, target, run_dir, code, env)
-        start(args, target, stack, code)
+        stack = Stack(args, target, run_dir, code, env)
+        prepare_own_namespace(target, stack)
+        start_stack(args, target, stack, keys=False)  # an older checkout has no keys; the fleet's is made below
         settings = load_settings(stack.base_env)
         probe = DirectProbe(database_url, target_redis_url(), settings.stream, settings.consumer_group)
         wrk_env = {"WRK_EXACTLY_ONCE": "1" if exactly_once else "0"}
         if keys:
-            key_argv = ["-m", "collector.keys", "create", "--prefix", FLEET, "--name", "bench.wrk fleet"]
-            wrk_env["COLLECTOR_KEY"] = run_code(code, stack, key_argv, "collector.keys create").strip().splitlines()[-1]
+            wrk_env["COLLECTOR_KEY"] = create_key(stack, "--prefix", FLEET, "--name", "bench.wrk fleet")
             result["notes"].append(limits_note(settings, args.rate_limit is not None))
         run = Run(code, target, stack, probe, Processes(stack), run_dir, wrk_env, exactly_once)
         for name in args.phases:
@@ -459,86 +271,6 @@ def run_stack(args: argparse.Namespace, code: Code, round_no: int, run_dir: Path
                 delete_namespace(target.key_prefix)
         stop_servers(own_servers)
     return result
-
-
-# --- the report ----------------------------------------------------------------------------
-
-TABLE = ("| phase | accepted logs/s | persisted logs/s | p50 ms | p99 ms | errors | backlog 0 after s | "
-         "CPU s per million logs | checks |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|")
-
-
-def phase_row(phase: dict) -> str:
-    def num(key: str, fmt: str = ",.0f") -> str:
-        return "—" if phase.get(key) is None else format(phase[key], fmt)
-
-    empty = num("backlog_empty_after_s", ".2f") + ("" if phase.get("kept_up", True) else " (over 1 s)")
-    persisted = num("drain_per_s" if phase["name"] == "drain" else "persisted_per_s")
-    return (f"| {phase['name']} | {num('accepted_per_s')} | {persisted} | {num('p50_ms', '.1f')} | "
-            f"{num('p99_ms', '.1f')} | {num('errors')} | {empty} | {num('cpu_s_per_million_logs', ',.1f')} | "
-            f"{'ok' if not phase['problems'] else '**FAILED**'} |")
-
-
-def phase_notes(p: dict) -> list[str]:
-    """What the table leaves out: the CPU by part, the counts behind the rates, the problems."""
-    parts = ", ".join(f"{g} {v:,.1f}" for g, v in p["cpu_s_per_million_by_part"].items() if v)
-    cores = ", ".join(f"{g} {v:g}%" for g, v in sorted(p["cpu_percent"].items(), key=lambda kv: -kv[1]))
-    lines = [f"- {p['name']}: CPU s per million logs by part: {parts}; % of one core: {cores}"
-             + (f"; wrk {p['wrk_cpu_percent']:g}% (in other)" if "wrk_cpu_percent" in p else "")]
-    if p["name"] == "drain":
-        lines.append(f"  {p['backlog']:,} pre-filled in {p['prefill_s']} s; {p['stored']:,} stored, "
-                     f"{p['total_s']} s from the worker's start")
-    else:
-        distinct = "" if p["distinct_logs"] is None else f" ({p['distinct_logs']:,} distinct)"
-        answers = ", ".join(f"{status} × {n:,}" for status, n in sorted(p["statuses"].items())) or "not counted"
-        errors = ", ".join(f"{kind} {n:,}" for kind, n in p["socket_errors"].items() if n) or "none"
-        lines.append(f"  {p['requests']:,} requests ({p['requests_per_s']:,.0f}/s), answers {answers}, socket "
-                     f"errors {errors}; {p['accepted_logs']:,} logs accepted, {p['stored_logs']:,} stored{distinct}")
-        lines += [f"  answered {status}: {body}" for status, body in p["error_samples"].items()]
-    return lines + [f"  **{problem}**" for problem in p["problems"]]
-
-
-def describe(result: dict) -> str:
-    config = f"keys {'on' if result['keys'] else 'off'}, exactly-once {'on' if result['exactly_once'] else 'off'}"
-    lines = [f"\n## {result['revision']}, round {result['round']} ({result['code']}): {config}",
-             *[f"- {note}" for note in result["notes"]], "", TABLE]
-    lines += [phase_row(p) for p in result["phases"].values()]
-    for phase in result["phases"].values():
-        lines += phase_notes(phase)
-    return "\n".join(lines)
-
-
-def medians(runs: list[dict], code: str) -> dict:
-    """The median of each figure per phase over the runs of the checkout at `code`."""
-    out: dict = {}
-    for run in (r for r in runs if r["code"] == code):
-        for name, phase in run["phases"].items():
-            for key in FIGURES:
-                if phase.get(key) is not None:
-                    out.setdefault(name, {}).setdefault(key, []).append(phase[key])
-    return {name: {k: round(statistics.median(v), 2) for k, v in figures.items()} for name, figures in out.items()}
-
-
-def comparison(runs: list[dict], codes: list[Code]) -> tuple[dict, str]:
-    """Medians per checkout and, with two, the ratio new/old (first/second) per figure: as data and as a table."""
-    table = {str(c.root): medians(runs, str(c.root)) for c in codes}
-    new, old = str(codes[0].root), str(codes[1].root) if len(codes) > 1 else None
-    names = " | ".join(f"{c.revision} ({'new' if i == 0 else 'old'})" if old else c.revision
-                       for i, c in enumerate(codes))
-    configs = {r["code"]: f"keys {'on' if r['keys'] else 'off'}, exactly-once {'on' if r['exactly_once'] else 'off'}"
-               for r in runs}
-    lines = [f"\n## Medians of {len(runs) // len(codes)} runs each", "",
-             *[f"- {c.revision} ({c.root}): {configs.get(str(c.root), 'no run')}" for c in codes], "",
-             f"| phase | figure | {names} |" + (" new/old |" if old else ""),
-             "|---|---|" + "--:|" * (len(codes) + (1 if old else 0))]
-    ratios: dict = {}
-    for name, figures in table[new].items():
-        for key, value in figures.items():
-            cells = [format(table[c][name][key], ",.1f") if key in table[c].get(name, {}) else "—" for c in table]
-            if old and (before := table[old].get(name, {}).get(key)):
-                ratios.setdefault(name, {})[key] = round(value / before, 3)
-                cells.append(f"{value / before:.2f}×")
-            lines.append(f"| {name} | {key} | " + " | ".join(cells) + " |")
-    return {"medians": table, "ratios_new_over_old": ratios}, "\n".join(lines)
 
 
 # --- the command ---------------------------------------------------------------------------

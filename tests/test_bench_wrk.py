@@ -1,5 +1,6 @@
-"""bench.wrk without a stack: reading wrk's output, the figures' arithmetic, which code a
-checkout can run, and the Lua scripts against a small HTTP server of the test's own."""
+"""bench.wrk without a stack: reading wrk's output, the figures' arithmetic (bench.wrk_report),
+which code a checkout can run and how bench.stack would start it, the drain phase's reading of
+the worker's log, and the Lua scripts against a small HTTP server of the test's own."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import wrk
+from bench import wrk, wrk_report
+from bench.common import BenchError
+from bench.drain import batch_timings
 from bench.options import Target
+from bench.stack import Stack, read_procfile
 
 # What `wrk -t2 -c100 -d60s --latency -s bench/wrk/batch5.lua ...` prints (figures made up, layout wrk 4.1's),
 # common.lua's status lines at the end.
@@ -43,7 +47,7 @@ wrk-sample 503 {"error":"unavailable"}
 
 
 def test_parse_wrk_reads_every_figure():
-    out = wrk.parse_wrk(WRK_OUTPUT)
+    out = wrk_report.parse_wrk(WRK_OUTPUT)
     assert out["requests"] == 89350
     assert out["duration_s"] == pytest.approx(89350 / 1487.61, abs=0.001)  # not "1.00m", rounded to 0.6 s
     assert out["requests_per_s"] == 1487.61
@@ -58,27 +62,27 @@ def test_parse_wrk_without_common_lua_and_errors():
     """The shared scripts print no status lines, and wrk omits the error lines when there were none."""
     text = "\n".join(line for line in WRK_OUTPUT.splitlines()
                      if not line.startswith(("wrk-", "  Socket", "  Non-2xx")))
-    out = wrk.parse_wrk(text)
+    out = wrk_report.parse_wrk(text)
     assert out["statuses"] == {} and out["non_2xx_3xx"] == 0 and sum(out["socket_errors"].values()) == 0
-    assert wrk.ok_requests(out) == 89350
+    assert wrk_report.ok_requests(out) == 89350
 
 
 def test_parse_wrk_refuses_output_without_a_summary():
-    with pytest.raises(wrk.BenchError, match="no summary"):
-        wrk.parse_wrk("unable to connect to 127.0.0.1:18723 Connection refused\n")
+    with pytest.raises(BenchError, match="no summary"):
+        wrk_report.parse_wrk("unable to connect to 127.0.0.1:18723 Connection refused\n")
 
 
 def test_ok_requests_prefers_the_status_counts():
-    out = wrk.parse_wrk(WRK_OUTPUT)
-    assert wrk.ok_requests(out) == 89309
-    assert wrk.ok_requests({**out, "statuses": {}}) == 89350 - 41
+    out = wrk_report.parse_wrk(WRK_OUTPUT)
+    assert wrk_report.ok_requests(out) == 89309
+    assert wrk_report.ok_requests({**out, "statuses": {}}) == 89350 - 41
 
 
 def test_load_figures_accepted_persisted_and_errors():
-    out = wrk.parse_wrk(WRK_OUTPUT)
+    out = wrk_report.parse_wrk(WRK_OUTPUT)
     accepted = 89309 * 5
-    figures = wrk.load_figures(out, per_request=5, connections=100, stored=accepted + 120, distinct=accepted + 120,
-                               end_to_end_s=61.5)
+    figures = wrk_report.load_figures(out, per_request=5, connections=100, stored=accepted + 120,
+                                      distinct=accepted + 120, end_to_end_s=61.5)
     assert figures["accepted_logs"] == accepted
     assert figures["accepted_per_s"] == round(accepted / (89350 / 1487.61), 1)
     assert figures["persisted_per_s"] == round((accepted + 120) / 61.5, 1)
@@ -87,28 +91,28 @@ def test_load_figures_accepted_persisted_and_errors():
     [throttled] = figures["problems"]
     assert throttled.startswith("THROTTLED: 30 answers were 429")
     unthrottled = {**out, "statuses": {200: 89309, 503: 11}}
-    assert wrk.load_figures(unthrottled, 5, 100, accepted + 120, None, 61.5)["problems"] == []
+    assert wrk_report.load_figures(unthrottled, 5, 100, accepted + 120, None, 61.5)["problems"] == []
 
 
 def test_storage_problems_name_lost_extra_and_duplicate_rows():
-    assert wrk.storage_problems(1000, 1000, 1000, 500) == []
-    assert wrk.storage_problems(1000, 1500, None, 500) == []
-    [lost] = wrk.storage_problems(1000, 990, None, 500)
+    assert wrk_report.storage_problems(1000, 1000, 1000, 500) == []
+    assert wrk_report.storage_problems(1000, 1500, None, 500) == []
+    [lost] = wrk_report.storage_problems(1000, 990, None, 500)
     assert lost.startswith("LOST: 10 logs")
-    [extra] = wrk.storage_problems(1000, 1501, None, 500)
+    [extra] = wrk_report.storage_problems(1000, 1501, None, 500)
     assert extra.startswith("EXTRA ROWS")
-    [duplicates] = wrk.storage_problems(1000, 1000, 998, 500)
+    [duplicates] = wrk_report.storage_problems(1000, 1000, 998, 500)
     assert duplicates.startswith("DUPLICATES: 2 rows")
 
 
 def test_cpu_cost_counts_the_collector_only():
     cpu = {"api": 100.0, "worker": 50.0, "postgres": 25.0, "redis": 10.0, "nginx": 15.0, "other": 80.0}
-    cost = wrk.cpu_cost(cpu, seconds=10.0, logs=100_000)
+    cost = wrk_report.cpu_cost(cpu, seconds=10.0, logs=100_000)
     assert cost["cpu_s"] == 20.0  # 2 cores' worth of the five parts for 10 s; "other" (wrk among it) not counted
     assert cost["cpu_s_per_million_logs"] == 200.0
     assert cost["cpu_s_per_million_by_part"] == {"api": 100.0, "worker": 50.0, "nginx": 15.0, "postgres": 25.0,
                                                  "redis": 10.0}
-    assert wrk.cpu_cost(cpu, 10.0, 0)["cpu_s_per_million_logs"] is None
+    assert wrk_report.cpu_cost(cpu, 10.0, 0)["cpu_s_per_million_logs"] is None
 
 
 def fake_checkout(root: Path, schemas: str, keys: bool) -> Path:
@@ -146,14 +150,64 @@ def test_this_checkout_runs_with_keys_and_exactly_once_by_default():
 def test_the_stack_of_another_checkout_runs_its_procfile_in_its_directory(tmp_path):
     code = wrk.code_at(fake_checkout(tmp_path / "old", "", keys=False))
     target = Target(started=True, base_url="http://127.0.0.1:18723", database_url="postgresql:///x", key_prefix="t:")
-    stack = wrk.stack_at(wrk.parse_args([]), target, tmp_path / "run", code, {"AUTH_ENABLED": "false"})
+    stack = Stack(wrk.parse_args([]), target, tmp_path / "run", code, {"AUTH_ENABLED": "false"})
     worker = stack.services["worker"]
     assert worker.argv[0] == str(wrk.ROOT / ".venv" / "bin" / "celery")
     assert worker.argv[worker.argv.index("-n") + 1] == "bench-worker1@%h"
     assert worker.cwd == code.root and worker.env["PYTHONPATH"] == str(code.root)
-    assert worker.env["AUTH_ENABLED"] == "false"
+    assert stack.base_env["PYTHONPATH"] == str(code.root)  # migrate and the key CLI import its code too
+    assert worker.env["AUTH_ENABLED"] == stack.base_env["AUTH_ENABLED"] == "false"
     assert stack.services["api2"].env["PORT"] == "8002" and stack.services["api2"].env["INSTANCE_NAME"] == "bench-api2"
     assert stack.services["nginx"].argv == [str(wrk.ROOT / ".venv" / "bin" / "python"), "nginx/run_local.py"]
+
+
+def test_this_checkouts_stack_expands_the_procfiles_variables(tmp_path, monkeypatch):
+    """${VAR:-default} as honcho's shell has it, from the stack's environment: no literal
+    `${WORKER_PIDFILE:-}` for Celery to write a file of that name, and not `make run`'s pidfile."""
+    monkeypatch.setenv("WORKER_PIDFILE", str(tmp_path / "make-run-worker.pid"))
+    target = Target(started=True, base_url="http://127.0.0.1:18723", database_url="postgresql:///x", key_prefix="t:")
+    stack = Stack(wrk.parse_args(["--api1-port", "9001"]), target, tmp_path / "run")
+    assert stack.checkout.root == wrk.ROOT and "PYTHONPATH" not in stack.checkout.env()
+    for service in stack.services.values():
+        assert not any("${" in word for word in service.argv), service.argv
+        assert service.cwd == wrk.ROOT
+    worker = stack.services["worker"].argv
+    assert worker[0] == ".venv/bin/celery" and "--pidfile=" in worker  # empty: Celery writes none
+    assert stack.services["nginx"].env["API1_ADDR"] == "127.0.0.1:9001"
+    assert stack.services["api1"].env["PORT"] == "9001"
+
+
+def test_read_procfile_expands_as_the_shell_does(tmp_path):
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("# a comment\n"
+                        "web: PORT=${WEB_PORT:-8000} X=${UNSET} run --at=\"${WHERE:-here}\" ${WHO:-me}\n")
+    assert read_procfile(procfile, {"WEB_PORT": "9000", "WHO": ""}) == {
+        "web": ({"PORT": "9000", "X": ""}, ["run", "--at=here", "me"])}
+
+
+def test_batch_timings_finds_the_runs_their_tasks_and_the_time_between(tmp_path):
+    """A task carries several runs (DRAIN_TASK_SECONDS): Celery's cost shows between tasks."""
+    def line(ms: int, seconds: float, task: str, process: int, read: int = 100) -> str:
+        return json.dumps({"time": f"2026-12-01 11:10:10,{ms:03d}", "message": "drained batch", "read": read,
+                           "seconds": seconds, "consumer": f"bench-worker1@vm-{process}", "task_id": task}) + "\n"
+
+    log = tmp_path / "worker.log"
+    log.write_text("celery banner\n" + line(1, 0.5, "before the offset", 1))
+    offset = log.stat().st_size
+    with open(log, "a") as fh:
+        fh.writelines([
+            line(20, 0.02, "a", 1), line(55, 0.03, "a", 1), line(66, 0.01, "a", 1),  # 0-66 ms, 6 ms between runs
+            line(40, 0.04, "b", 2),                                                  # 0-40 ms, the other process
+            line(80, 0.01, "c", 1),                                                  # 70-80 ms: 4 ms after a
+            line(90, 0.001, "c", 1, read=0), 'not JSON, "drained batch"\n'])
+    timings = batch_timings(log, offset, pool_processes=2, drain_s=0.1)
+    assert (timings["runs"], timings["mean_entries"], timings["median_ms"], timings["mean_ms"]) == (5, 100, 20, 22)
+    assert (timings["tasks"], timings["runs_per_task"], timings["task_median_ms"]) == (3, 1.7, 40)
+    assert timings["between_runs_ms"] == 1.2  # (116 ms of tasks − 110 inside drain_batch) ÷ 5 runs
+    assert (timings["handoff_median_ms"], timings["handoffs"]) == (4, 1)
+    assert timings["pool_wall_ms_per_run"] == 40  # 2 processes × 100 ms over 5 runs
+    assert timings["no_task_share"] == 0.42  # 1 − 116 ms of tasks ÷ 200 ms
+    assert batch_timings(log, log.stat().st_size, 2, 0.1) is None
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
@@ -202,7 +256,7 @@ def server():
 def run_script(url: str, script: str, env: dict[str, str]) -> dict:
     out = subprocess.run(["wrk", "-t2", "-c4", "-d1s", "--latency", "-s", str(wrk.SCRIPTS / script), url],
                          capture_output=True, text=True, timeout=30, env={**os.environ, **env}, check=True)
-    return wrk.parse_wrk(out.stdout)
+    return wrk_report.parse_wrk(out.stdout)
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
@@ -216,7 +270,7 @@ def test_the_scripts_send_numbered_logs_with_a_key(server, script, path, per_req
     # common.lua counted what wrk counted: every answer, the 429s as wrk's Non-2xx.
     assert sum(figures["statuses"].values()) == figures["requests"]
     assert figures["statuses"].get(429, 0) == figures["non_2xx_3xx"] > 0
-    assert wrk.ok_requests(figures) == figures["statuses"][202]
+    assert wrk_report.ok_requests(figures) == figures["statuses"][202]
 
     keys = [headers["Idempotency-Key"] for _, headers, _ in received]
     assert len(set(keys)) == len(keys)
@@ -263,7 +317,7 @@ def test_comparison_takes_medians_per_checkout_and_their_ratio(tmp_path):
                 "phases": {"batch": {"accepted_per_s": accepted, "cpu_s_per_million_logs": cpu, "p99_ms": None}}}
 
     runs = [run(new, 100, 10), run(old, 50, 8), run(new, 300, 30), run(old, 70, 9), run(new, 200, 12), run(old, 60, 12)]
-    data, table = wrk.comparison(runs, [new, old])
+    data, table = wrk_report.comparison(runs, [new, old])
     assert data["medians"][str(new.root)]["batch"] == {"accepted_per_s": 200, "cpu_s_per_million_logs": 12}
     assert data["ratios_new_over_old"]["batch"] == {"accepted_per_s": 3.333, "cpu_s_per_million_logs": 1.333}
     assert "| batch | accepted_per_s | 200.0 | 60.0 | 3.33× |" in table

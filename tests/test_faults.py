@@ -134,8 +134,9 @@ def test_two_workers_started_with_one_node_name_never_share_entries(make_stack, 
     """A second worker started by hand with the Procfile's node name: its pool processes
     get consumer names of their own (leases), so neither re-reads what the other has in
     flight. Without leases, each re-read counted as a delivery and, with MAX_DELIVERIES=1,
-    entries the other worker was storing went to dead_letters too."""
-    stack = make_stack(MAX_DELIVERIES="1")
+    entries the other worker was storing went to dead_letters too. A task per run
+    (DRAIN_TASK_SECONDS=0) spreads the runs over both workers."""
+    stack = make_stack(MAX_DELIVERIES="1", DRAIN_TASK_SECONDS="0")
     api = stack.start_api(0)
     stack.start_worker()
     stack.start_worker(name="worker-by-hand")
