@@ -9,9 +9,8 @@ batches of up to BATCH_SIZE entries, one after the other (each its own read,
 transaction and XACK) while they come back full, for up to DRAIN_TASK_SECONDS;
 when the last was still full it sends itself again at once, so throughput is
 bound by the workers, not by the tick, and an idle system costs one round trip
-per tick. Task bodies are one-liners around
-collector.pipeline; they read settings from their app
-(tasks.celery_app.make_celery).
+per tick. Task bodies are one-liners around collector.pipeline; they read
+settings from their app (tasks.celery_app.make_celery).
 
 Why a separate tick (what Flower shows): a beat entry always creates a task, so
 with the tick being the drain itself Flower listed one drain run per second,

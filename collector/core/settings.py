@@ -126,10 +126,11 @@ class Settings:
     consumer_group: str = _setting(
         "CONSUMER_GROUP", "log_workers", _text, "Consumer group the drain tasks read with.")
     batch_size: int = _setting(
-        "BATCH_SIZE", 100, _int(1, 10_000), "Stream entries one drain task run reads and inserts.")
+        "BATCH_SIZE", 100, _int(1, 10_000), "Stream entries one drain run reads and inserts (one transaction).")
     drain_interval: float = _setting(
         "DRAIN_INTERVAL", 1.0, _float(0.05),
-        "Seconds between beat-scheduled drain runs; a run that finds a full batch re-triggers itself.")
+        "Seconds between beat's drain ticks; a tick sends a drain task when entries are waiting, and a "
+        "task still finding full batches at DRAIN_TASK_SECONDS sends the next one itself.")
     drain_task_seconds: float = _setting(
         "DRAIN_TASK_SECONDS", 1.0, _float(0.0, 60.0),
         "How long one drain task goes on with consecutive runs (each at most BATCH_SIZE entries, its own "
