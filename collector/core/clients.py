@@ -62,7 +62,7 @@ def make_cache_redis(settings: Settings, stream_client: redis.Redis) -> redis.Re
 
 
 def make_db_pool(settings: Settings, size: int, name: str, check: bool = False,
-                 statement_timeout: float = 10.0) -> ConnectionPool:
+                 statement_timeout: float = 10.0, url: str | None = None) -> ConnectionPool:
     """An unopened pool; the caller opens it (without waiting, so a down database
     does not stop a process from starting) and closes it at shutdown.
 
@@ -70,10 +70,11 @@ def make_db_pool(settings: Settings, size: int, name: str, check: bool = False,
     while PostgreSQL is down, it fails before reading from the stream rather than
     after, and entries are not redelivered (and counted) once per retry.
     `statement_timeout` and TCP keepalives bound how long a hung server or a
-    dropped network can hold a request or a task.
+    dropped network can hold a request or a task. `url`: another database than
+    DATABASE_URL (the API's read replica, DATABASE_READ_URL), built the same way.
     """
     return ConnectionPool(
-        settings.database_url,
+        url or settings.database_url,
         min_size=1,
         max_size=size,
         timeout=settings.db_timeout,

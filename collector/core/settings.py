@@ -114,6 +114,11 @@ class Settings:
     database_url: str = _setting(
         "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/logs", _url("postgresql", "postgres"),
         "PostgreSQL database holding the `logs` table.")
+    database_read_url: str = _setting(
+        "DATABASE_READ_URL", "", _optional_url("postgresql", "postgres"),
+        "A streaming replica of DATABASE_URL that the API's log queries, /api/stats and /api/devices read "
+        "(writes, the live tail and the workers stay on the primary); empty: the primary. Set it on the "
+        "workers too: they then record where each commit ends, so a lagging replica never fills the cache.")
     broker_url: str = _setting(
         "CELERY_BROKER_URL", "", _any_text,
         "Celery broker; empty means the same Redis as REDIS_URL.")
@@ -273,6 +278,11 @@ class Settings:
         "Where Celery beat keeps its schedule state.")
     log_level: str = _setting(
         "LOG_LEVEL", "INFO", _text, "Level of the service's own logging.")
+
+    @property
+    def read_replica(self) -> bool:
+        """True when DATABASE_READ_URL names a database other than DATABASE_URL."""
+        return bool(self.database_read_url) and self.database_read_url != self.database_url
 
     @property
     def celery_broker_url(self) -> str:

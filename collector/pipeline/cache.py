@@ -20,11 +20,28 @@ nothing once Redis uses CACHE_MEMORY_LIMIT of its maxmemory. CACHE_REDIS_URL mov
 it to a Redis of its own (evicting). Cache trouble never fails a query, nor the
 drain: it falls back to the database, and invalidation is best-effort after the
 XACK (the TTLs bound how stale a missed invalidation can leave a value).
+
+With a read replica (DATABASE_READ_URL) one more rule, the freshness fence, keeps a
+replica that has not yet replayed a commit from caching a stale value under the
+version that commit's invalidation made fresh (where it would stay until the TTL).
+The drain, after its commit, reads the primary's WAL position L (pg_current_wal_lsn)
+and, in the pipeline that invalidates, before the DEL, raises each scope's fence to
+L: one sorted set per deployment (`cache:fence`, member = scope, score = L, ZADD GT
+so concurrent drains only ever raise it). A reader reads the version, then the
+fence, in one round trip, so every commit whose DEL came before the version it
+caches under has its L in the fence it read. On a miss it asks the replica how far
+it has replayed (pg_last_wal_replay_lsn, before the query, on the same connection):
+at or past the fence, the replica answers and the value is cached; behind it, the
+primary answers (and the value is cached, being fresh). A scope with no fence was
+never drained since the set exists; no set at all (workers not told about the
+replica, or a flushed Redis) means nothing is known, and the primary answers. Reads
+that are never cached (filters, cursors, the fleet) read the replica as it is.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -58,6 +75,17 @@ def _version_key(prefix: str, scope: str) -> str:
     return f"{prefix}cache:ver:{scope}"
 
 
+def _fence_key(prefix: str) -> str:
+    return f"{prefix}cache:fence"
+
+
+def _score(lsn: int) -> float:
+    """`lsn` as a sorted set's score (a double), rounded up: exact below 2**53 bytes of
+    WAL, and never below the position beyond it, so a fence errs only towards the primary."""
+    score = float(lsn)
+    return math.nextafter(score, math.inf) if score < lsn else score
+
+
 def device_scope(device_id: str) -> str:
     return f"logs:{device_id}"
 
@@ -71,16 +99,30 @@ class QueryCache:
         self._store = client.register_script(_STORE)
         self._memory_full = False
         self._next_memory_check = 0.0
+        self.fenced = settings.read_replica  # the freshness fence (module docstring): only with a replica
 
-    def cached(self, scope: str, variant: str, ttl: int, compute: Callable[[], T]) -> tuple[T, str]:
-        """`compute()`'s JSON-able result, from the cache when fresh; returns (value, source)."""
+    def cached(self, scope: str, variant: str, ttl: int, compute: Callable[[], T],
+               compute_fenced: Callable[[int | None], T] | None = None) -> tuple[T, str]:
+        """`compute()`'s JSON-able result, from the cache when fresh; returns (value, source).
+        With a read replica, a miss calls `compute_fenced(fence)` instead: it must read a
+        database that has replayed WAL up to `fence` (None: unknown, read the primary)."""
         if ttl <= 0:
             return compute(), "database"
         prefix = self.settings.key_prefix
+        fenced = self.fenced and compute_fenced is not None
         try:
-            # The current token, or a new one if there is none (SET NX GET: one round trip).
+            # The current token, or a new one if there is none (SET NX GET: one round trip),
+            # and after it, in the same round trip, the scope's fence when there is a replica.
             token = secrets.token_hex(6)
-            current = self.client.set(_version_key(prefix, scope), token, nx=True, get=True, ex=ttl)
+            if fenced:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.set(_version_key(prefix, scope), token, nx=True, get=True, ex=ttl)
+                pipe.zscore(_fence_key(prefix), scope)
+                pipe.exists(_fence_key(prefix))
+                current, score, known = pipe.execute()
+                fence = (int(score) if score is not None else 0) if known else None
+            else:
+                current = self.client.set(_version_key(prefix, scope), token, nx=True, get=True, ex=ttl)
             key = f"{prefix}cache:{scope}:{(current or token.encode()).decode()}"
             hit = self.client.hget(key, variant) if current is not None else None
         except redis.RedisError as exc:  # down, or at maxmemory (the SET is refused): no caching
@@ -88,7 +130,7 @@ class QueryCache:
             return compute(), "database"
         if hit is not None:
             return orjson.loads(hit), "cache"
-        value = compute()
+        value = compute_fenced(fence) if fenced else compute()
         self._put(key, variant, value, ttl)
         return value, "database"
 
@@ -122,19 +164,32 @@ class QueryCache:
         return self._memory_full
 
 
-def queue_invalidate(pipe: redis.client.Pipeline, prefix: str, scopes: Iterable[str]) -> None:
-    """invalidate, as a command of the caller's pipeline (which decides what errors mean)."""
-    if keys := [_version_key(prefix, scope) for scope in scopes]:
-        pipe.delete(*keys)
+def queue_invalidate(pipe: redis.client.Pipeline, prefix: str, scopes: Iterable[str],
+                     lsn: int | None = None) -> int:
+    """invalidate, as commands of the caller's pipeline (which decides what errors mean);
+    returns how many it queued."""
+    scopes = list(scopes)
+    if not scopes:
+        return 0
+    if lsn is not None:  # the fence first, then the DEL (module docstring)
+        pipe.zadd(_fence_key(prefix), dict.fromkeys(scopes, _score(lsn)), gt=True)
+    pipe.delete(*[_version_key(prefix, scope) for scope in scopes])
+    return 1 if lsn is None else 2
 
 
-def invalidate(client: redis.Redis, prefix: str, scopes: Iterable[str]) -> None:
-    """Forget the versions of these scopes (best-effort: trouble is logged, never raised,
-    so it can never hold up an acknowledgement)."""
-    keys = [_version_key(prefix, scope) for scope in scopes]
-    if not keys:
+def invalidate(client: redis.Redis, prefix: str, scopes: Iterable[str], lsn: int | None = None) -> None:
+    """Forget the versions of these scopes, after raising their fences to `lsn` (the
+    primary's WAL position after the commit; None: no read replica) (best-effort:
+    trouble is logged, never raised, so it can never hold up an acknowledgement)."""
+    scopes = list(scopes)
+    if not scopes:
         return
     try:
-        client.delete(*keys)
+        if lsn is None:
+            client.delete(*[_version_key(prefix, scope) for scope in scopes])
+        else:
+            pipe = client.pipeline(transaction=False)
+            queue_invalidate(pipe, prefix, scopes, lsn)
+            pipe.execute()
     except redis.RedisError as exc:
         log.warning("cache not invalidated (values may be stale until their TTL): %s", exc)

@@ -186,8 +186,18 @@ def read_batch(client: redis.Redis, settings: Settings, consumer: str, fresh_onl
     return Batch(entries, "new", identity if entries else "")
 
 
+def _commit_lsn(conn: psycopg.Connection, settings: Settings) -> int | None:
+    """With a read replica: the primary's WAL position, read after this run's commits on
+    their connection, for the cache's freshness fence (collector.pipeline.cache); else None
+    and no statement at all."""
+    if not settings.read_replica:
+        return None
+    return int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+
+
 def _acknowledge(client: redis.Redis, settings: Settings, ids: list[bytes], scopes: list[str],
-                 duplicates: int, forget: list[bytes], cache_client: redis.Redis | None) -> None:
+                 duplicates: int, forget: list[bytes], cache_client: redis.Redis | None,
+                 lsn: int | None = None) -> None:
     """Invalidate the cached reads of what was stored, XACK, then the bookkeeping (the
     duplicates counter, the deaths of entries now acknowledged): one round trip when the
     cache is on the stream's Redis.
@@ -195,18 +205,19 @@ def _acknowledge(client: redis.Redis, settings: Settings, ids: list[bytes], scop
     Invalidation comes first, so a log is in the next query once its entry is
     acknowledged. Not a MULTI: each command stands alone, so neither cache trouble nor
     a Redis at maxmemory (which refuses HINCRBY but still runs DEL and XACK) can hold up
-    the acknowledgement; only the XACK's own failure is raised."""
+    the acknowledgement; only the XACK's own failure is raised. `lsn` (a read replica
+    only) raises the scopes' freshness fences before their versions go."""
     if cache_client is not None and cache_client is not client:
-        cache.invalidate(cache_client, settings.key_prefix, scopes)
+        cache.invalidate(cache_client, settings.key_prefix, scopes, lsn)
         scopes = []
     pipe = client.pipeline(transaction=False)
-    cache.queue_invalidate(pipe, settings.key_prefix, scopes)
+    queued = cache.queue_invalidate(pipe, settings.key_prefix, scopes, lsn)
     pipe.xack(settings.stream, settings.consumer_group, *ids)
     counters.add_drained(pipe, settings, duplicates=duplicates)
     if forget:
         pipe.hdel(consumers.deaths_key(settings.stream), *forget)
     replies = pipe.execute(raise_on_error=False)
-    acked = replies[1 if scopes else 0]
+    acked = replies[queued]
     if isinstance(acked, Exception):
         raise acked
     for reply in replies:
@@ -262,7 +273,7 @@ def drain_batch(
     devices = {row[2] for row in rows}
     _acknowledge(client, settings, ids, [cache.STATS_SCOPE, *map(cache.device_scope, devices)],
                  duplicates=len(rows) - inserted - len(outcome.rejected), forget=[i for i in ids if i in deaths],
-                 cache_client=cache_client)
+                 cache_client=cache_client, lsn=_commit_lsn(conn, settings))
 
     result = DrainResult(len(entries), inserted, len(letters), time.perf_counter() - started,
                          # recovering: go on at once rather than one entry per tick

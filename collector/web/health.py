@@ -1,4 +1,5 @@
-"""/health, for load balancers and people: can this instance reach Redis and PostgreSQL?"""
+"""/health, for load balancers and people: can this instance reach Redis and PostgreSQL
+(and, when DATABASE_READ_URL is set, the read replica its queries use: `postgres_read`)?"""
 
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def health():
         checks["postgres"] = True
     except Exception as exc:
         checks["postgres"], errors["postgres"] = False, repr(exc)
+    if b.replica:  # the queries' database: down, they answer 503 as they do with the primary down
+        try:
+            with b.read_db.connection(timeout=min(1.0, s.db_timeout)) as conn:
+                storage.ping(conn)
+            checks["postgres_read"] = True
+        except Exception as exc:
+            checks["postgres_read"], errors["postgres_read"] = False, repr(exc)
     healthy = all(checks.values())
     # A stalled drain is not a reason to take this instance out of the load balancer
     # (ingest still works), but it must not look green: 200 with "degraded".

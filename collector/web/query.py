@@ -1,9 +1,18 @@
 """Reading logs back: a device's logs, its sequence audit, and the collector's stats
-(cached, invalidated on commit)."""
+(cached, invalidated on commit).
+
+Every view here reads through `_read`: from the read replica when DATABASE_READ_URL is
+set, else from the primary. A value about to be cached is read from the replica only
+if the replica has replayed the scope's freshness fence (collector.pipeline.cache),
+else from the primary, so a lagging replica can neither fill the cache with a stale
+value nor hide a log that the next query must show once its entry is acknowledged.
+Without a replica `_read` is the plain pool: no statement or round trip more."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 from flask import request
@@ -24,6 +33,26 @@ _log_out = LogOut(many=True)
 _device_out = DeviceOut(many=True)
 # Missing ranges listed per boot in the sequence audit; the total missing count is always exact.
 MAX_MISSING_RANGES = 1000
+T = TypeVar("T")
+
+
+def _read(work: Callable[[psycopg.Connection], T], fence: int | None = 0) -> T:
+    """`work(conn)` on the read pool. `fence`: the WAL position the answer must include
+    (0: none; None: unknown); a replica behind it is left for the primary."""
+    b = backends()
+    if fence is not None:
+        with b.read_db.connection() as conn:
+            if not fence or not b.replica or _replayed(conn) >= fence:
+                return work(conn)
+    with b.db.connection() as conn:
+        return work(conn)
+
+
+def _replayed(conn: psycopg.Connection) -> int:
+    """How far the replica has replayed the primary's WAL; a server not in recovery (a
+    promoted replica) has everything it will ever have."""
+    lsn = conn.execute("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn").fetchone()[0]
+    return 2**64 if lsn is None else int(lsn)
 
 
 def _check_device_id(device_id: str) -> None:
@@ -81,12 +110,11 @@ def _after(cursor: str, fingerprint: str) -> tuple[dt.datetime, int]:
         raise ApiError(422, "validation_failed", "The query is invalid; see fields.", {"cursor": [str(exc)]}) from None
 
 
-def _page(filt: LogFilter, limit: int, order: str, cursor: str | None) -> dict:
+def _page(filt: LogFilter, limit: int, order: str, cursor: str | None, fence: int | None = 0) -> dict:
     fingerprint = filt.fingerprint(order)
     after = _after(cursor, fingerprint) if cursor is not None else None
     try:
-        with backends().db.connection() as conn:
-            page = search.search(conn, filt, order=order, limit=limit, after=after)
+        page = _read(lambda conn: search.search(conn, filt, order=order, limit=limit, after=after), fence)
     except psycopg.errors.QueryCanceled:
         raise ApiError(422, "query_too_broad",
                        f"The query ran longer than QUERY_TIMEOUT_MS ({settings().query_timeout_ms} ms): narrow "
@@ -104,7 +132,8 @@ def device_logs(device_id: str):
         page, source = _page(filt, limit, order, cursor), "database"
     else:
         page, source = backends().cache.cached(cache.device_scope(device_id), str(limit), s.logs_cache_ttl,
-                                               lambda: _page(filt, limit, order, None))
+                                               lambda: _page(filt, limit, order, None),
+                                               lambda fence: _page(filt, limit, order, None, fence))
     return {"total": len(page["data"]), "source": source, **page}
 
 
@@ -129,20 +158,18 @@ def devices():
             prefix = who.device_prefix
     b = backends()
 
-    def from_database() -> list[dict]:
-        with b.db.connection() as conn:
-            return _device_out.dump(search.devices(conn, scope_devices, prefix))
+    def from_database(fence: int | None = 0) -> list[dict]:
+        return _read(lambda conn: _device_out.dump(search.devices(conn, scope_devices, prefix)), fence)
 
     found, source = b.cache.cached(cache.STATS_SCOPE, f"devices:{scope_devices}:{prefix}", s.stats_cache_ttl,
-                                   from_database)
+                                   from_database, from_database)
     return {"total": len(found), "source": source, "devices": found[:args["limit"]]}
 
 
 def device_sequence(device_id: str):
     """Per boot_id: the seq numbers seen and the ones missing (lost before they reached us)."""
     _check_device_id(device_id)
-    with backends().db.connection() as conn:
-        boots = sequences.audit(conn, device_id, MAX_MISSING_RANGES)
+    boots = _read(lambda conn: sequences.audit(conn, device_id, MAX_MISSING_RANGES))
     return {"device_id": device_id, "boots": boots}
 
 
@@ -150,12 +177,11 @@ def stats():
     s = settings()
     b = backends()
 
-    def from_database() -> dict:
-        with b.db.connection() as conn:
-            return {**storage.table_stats(conn), "dead_lettered": deadletters.count(conn),
-                    "expired": partitions.expired_totals(conn)}
+    def from_database(fence: int | None = 0) -> dict:
+        return _read(lambda conn: {**storage.table_stats(conn), "dead_lettered": deadletters.count(conn),
+                                   "expired": partitions.expired_totals(conn)}, fence)
 
-    table, source = b.cache.cached(cache.STATS_SCOPE, "table", s.stats_cache_ttl, from_database)
+    table, source = b.cache.cached(cache.STATS_SCOPE, "table", s.stats_cache_ttl, from_database, from_database)
     dead_lettered, expired = table.pop("dead_lettered"), table.pop("expired")
     pipeline = pipeline_stats(b.redis, s.stream, s.consumer_group)
     pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **expired,
