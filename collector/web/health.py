@@ -23,19 +23,16 @@ def health():
         checks["redis"] = True
     except Exception as exc:  # any failure is a failed check, reported by name
         checks["redis"], errors["redis"] = False, repr(exc)
-    try:
-        with b.db.connection(timeout=min(1.0, s.db_timeout)) as conn:
-            storage.ping(conn)
-        checks["postgres"] = True
-    except Exception as exc:
-        checks["postgres"], errors["postgres"] = False, repr(exc)
+    databases = {"postgres": b.db}
     if b.replica:  # the queries' database: down, they answer 503 as they do with the primary down
+        databases["postgres_read"] = b.read_db
+    for name, pool in databases.items():
         try:
-            with b.read_db.connection(timeout=min(1.0, s.db_timeout)) as conn:
+            with pool.connection(timeout=min(1.0, s.db_timeout)) as conn:
                 storage.ping(conn)
-            checks["postgres_read"] = True
+            checks[name] = True
         except Exception as exc:
-            checks["postgres_read"], errors["postgres_read"] = False, repr(exc)
+            checks[name], errors[name] = False, repr(exc)
     healthy = all(checks.values())
     # A stalled drain is not a reason to take this instance out of the load balancer
     # (ingest still works), but it must not look green: 200 with "degraded".
