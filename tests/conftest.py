@@ -24,6 +24,7 @@ from collector.core.settings import Settings, load_settings
 from collector.devtools.servers import ensure_servers, stop_servers
 from collector.store.migrations import migrate
 from collector.web.app import create_app
+from tests.load import Load
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -164,3 +165,24 @@ def app(settings: Settings, db, make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def fresh_db(base_settings, empty_tables):
+    """The test database's URL, every table of it empty."""
+    empty_tables()
+    return base_settings.database_url
+
+
+@pytest.fixture
+def start_load():
+    """Load(...).start(), stopped at the end of the test even when it fails half-way."""
+    loads: list[Load] = []
+
+    def start(*args, **kwargs) -> Load:
+        loads.append(Load(*args, **kwargs).start())
+        return loads[-1]
+
+    yield start
+    for load in loads:
+        load.stop()

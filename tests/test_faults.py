@@ -58,27 +58,6 @@ def assert_exactly_once(loads: Load | list[Load], database_url: str, api_url: st
 
 
 @pytest.fixture
-def fresh_db(base_settings, empty_tables):
-    """The test database's URL, every table of it empty."""
-    empty_tables()
-    return base_settings.database_url
-
-
-@pytest.fixture
-def start_load():
-    """Load(...).start(), stopped at the end of the test even when it fails half-way."""
-    loads: list[Load] = []
-
-    def start(*args, **kwargs) -> Load:
-        loads.append(Load(*args, **kwargs).start())
-        return loads[-1]
-
-    yield start
-    for load in loads:
-        load.stop()
-
-
-@pytest.fixture
 def make_stack(base_settings, tmp_path, request):
     stacks = []
 

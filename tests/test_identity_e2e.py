@@ -118,12 +118,6 @@ def assert_each_stored_once(devices: Devices, database_url: str) -> None:
 
 
 @pytest.fixture
-def fresh_db(base_settings, empty_tables):
-    empty_tables()
-    return base_settings.database_url
-
-
-@pytest.fixture
 def make_stack(base_settings, tmp_path, request):
     stacks = []
 

@@ -26,7 +26,6 @@ from celery import current_app
 from collector.core.settings import Settings, load_settings
 from collector.devtools.processes import wait_until
 from tasks.celery_app import make_celery
-from tests.load import Load
 from tests.stack import BIN, Stack
 from tests.test_faults import assert_exactly_once, count
 
@@ -65,25 +64,6 @@ class Fleet(Stack):
             thread.start()
         for thread in threads:
             thread.join()
-
-
-@pytest.fixture
-def fresh_db(base_settings, empty_tables):
-    empty_tables()
-    return base_settings.database_url
-
-
-@pytest.fixture
-def start_load():
-    loads: list[Load] = []
-
-    def start(*args, **kwargs) -> Load:
-        loads.append(Load(*args, **kwargs).start())
-        return loads[-1]
-
-    yield start
-    for load in loads:
-        load.stop()
 
 
 @pytest.fixture
