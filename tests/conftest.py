@@ -154,7 +154,7 @@ def make_app():
 
     yield make
     for app in apps:
-        app.extensions["collector"].db.close()
+        app.extensions["collector"].close()
 
 
 @pytest.fixture

@@ -101,15 +101,14 @@ class QueryCache:
         self._next_memory_check = 0.0
         self.fenced = settings.read_replica  # the freshness fence (module docstring): only with a replica
 
-    def cached(self, scope: str, variant: str, ttl: int, compute: Callable[[], T],
-               compute_fenced: Callable[[int | None], T] | None = None) -> tuple[T, str]:
-        """`compute()`'s JSON-able result, from the cache when fresh; returns (value, source).
-        With a read replica, a miss calls `compute_fenced(fence)` instead: it must read a
-        database that has replayed WAL up to `fence` (None: unknown, read the primary)."""
+    def cached(self, scope: str, variant: str, ttl: int, compute: Callable[[int | None], T]) -> tuple[T, str]:
+        """`compute(fence)`'s JSON-able result, from the cache when fresh; returns (value, source).
+        `fence`: the WAL position a read replica must have replayed for the answer (0: any
+        database will do; None: unknown, read the primary). Without a replica it is always 0."""
         if ttl <= 0:
-            return compute(), "database"
+            return compute(0), "database"
         prefix = self.settings.key_prefix
-        fenced = self.fenced and compute_fenced is not None
+        fenced = self.fenced
         try:
             # The current token, or a new one if there is none (SET NX GET: one round trip),
             # and after it, in the same round trip, the scope's fence when there is a replica.
@@ -127,10 +126,10 @@ class QueryCache:
             hit = self.client.hget(key, variant) if current is not None else None
         except redis.RedisError as exc:  # down, or at maxmemory (the SET is refused): no caching
             log.warning("cache unavailable, reading the database: %s", exc)
-            return compute(), "database"
+            return compute(0), "database"
         if hit is not None:
             return orjson.loads(hit), "cache"
-        value = compute_fenced(fence) if fenced else compute()
+        value = compute(fence if fenced else 0)
         self._put(key, variant, value, ttl)
         return value, "database"
 

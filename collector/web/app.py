@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
+from psycopg_pool import ConnectionPool
 
 from collector.core import metrics
 from collector.core.clients import check_eviction_policy, make_cache_redis, make_db_pool, make_redis
@@ -55,6 +56,16 @@ class OrjsonProvider(JSONProvider):
         return orjson.loads(s)
 
 
+def _open_pool(settings: Settings, name: str, url: str | None = None) -> ConnectionPool:
+    """A pool for the API (statement_timeout QUERY_TIMEOUT_MS), opened without waiting: the API
+    must start, and keep accepting logs, while PostgreSQL (or a replica) is down."""
+    pool = make_db_pool(settings, settings.db_pool_size, name=name,
+                        statement_timeout=settings.query_timeout_ms / 1000, url=url)
+    pool.open(wait=False)
+    atexit.register(pool.close)
+    return pool
+
+
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the app: defaults, then the environment, then `overrides` (tests)."""
     settings = settings or load_settings(**overrides)
@@ -63,15 +74,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json = OrjsonProvider(app)
     app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes)
 
-    db = make_db_pool(settings, settings.db_pool_size, name=f"collector-api-{settings.instance_name}",
-                      statement_timeout=settings.query_timeout_ms / 1000)
-    # Without waiting: the API must start, and keep accepting logs, while PostgreSQL is down.
-    db.open(wait=False)
-    atexit.register(db.close)
+    db = _open_pool(settings, f"collector-api-{settings.instance_name}")
+    # The query views' database: a read replica (DATABASE_READ_URL), else the primary.
+    read_db = (_open_pool(settings, f"collector-api-read-{settings.instance_name}", settings.database_read_url)
+               if settings.read_replica else db)
     client = make_redis(settings)
     check_eviction_policy(client)
     appender = Appender(client, settings.stream, counters.accepted_counter(settings))
-    app.extensions["collector"] = Backends(redis=client, db=db, gate=Gate(settings), appender=appender,
+    app.extensions["collector"] = Backends(redis=client, db=db, read_db=read_db, gate=Gate(settings),
+                                           appender=appender,
                                            keyring=Keyring(client, settings),
                                            cache=QueryCache(make_cache_redis(settings, client), settings))
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import atexit
 from dataclasses import dataclass
 
 import redis
 from flask import current_app
 from psycopg_pool import ConnectionPool
 
-from collector.core.clients import make_db_pool
 from collector.core.settings import Settings
 from collector.pipeline.backpressure import Gate
 from collector.pipeline.cache import QueryCache
@@ -26,12 +24,8 @@ class Backends:
     keyring: Keyring
     cache: QueryCache
     # The pool the query views read (collector.web.query): DATABASE_READ_URL's when it is
-    # set, else the primary's own `db`. Built with the rest, in the factory.
-    read_db: ConnectionPool | None = None
-
-    def __post_init__(self) -> None:
-        if self.read_db is None:
-            self.read_db = make_read_pool(self.cache.settings) or self.db
+    # set, else the primary's own `db`.
+    read_db: ConnectionPool
 
     @property
     def replica(self) -> bool:
@@ -42,19 +36,6 @@ class Backends:
         if self.replica:
             self.read_db.close()
         self.db.close()
-
-
-def make_read_pool(settings: Settings) -> ConnectionPool | None:
-    """The read replica's pool, built like the primary's (size, timeouts, statement_timeout)
-    and opened without waiting, so a down replica never stops the API from starting; None
-    when DATABASE_READ_URL is empty (or names the primary)."""
-    if not settings.read_replica:
-        return None
-    pool = make_db_pool(settings, settings.db_pool_size, name=f"collector-api-read-{settings.instance_name}",
-                        statement_timeout=settings.query_timeout_ms / 1000, url=settings.database_read_url)
-    pool.open(wait=False)
-    atexit.register(pool.close)
-    return pool
 
 
 def backends() -> Backends:

@@ -132,7 +132,6 @@ def device_logs(device_id: str):
         page, source = _page(filt, limit, order, cursor), "database"
     else:
         page, source = backends().cache.cached(cache.device_scope(device_id), str(limit), s.logs_cache_ttl,
-                                               lambda: _page(filt, limit, order, None),
                                                lambda fence: _page(filt, limit, order, None, fence))
     return {"total": len(page["data"]), "source": source, **page}
 
@@ -162,7 +161,7 @@ def devices():
         return _read(lambda conn: _device_out.dump(search.devices(conn, scope_devices, prefix)), fence)
 
     found, source = b.cache.cached(cache.STATS_SCOPE, f"devices:{scope_devices}:{prefix}", s.stats_cache_ttl,
-                                   from_database, from_database)
+                                   from_database)
     return {"total": len(found), "source": source, "devices": found[:args["limit"]]}
 
 
@@ -181,7 +180,7 @@ def stats():
         return _read(lambda conn: {**storage.table_stats(conn), "dead_lettered": deadletters.count(conn),
                                    "expired": partitions.expired_totals(conn)}, fence)
 
-    table, source = b.cache.cached(cache.STATS_SCOPE, "table", s.stats_cache_ttl, from_database, from_database)
+    table, source = b.cache.cached(cache.STATS_SCOPE, "table", s.stats_cache_ttl, from_database)
     dead_lettered, expired = table.pop("dead_lettered"), table.pop("expired")
     pipeline = pipeline_stats(b.redis, s.stream, s.consumer_group)
     pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **expired,
