@@ -37,7 +37,7 @@ from celery.utils.log import current_process_index
 from psycopg_pool import PoolTimeout
 
 from collector.core.settings import Settings
-from collector.pipeline import keyring
+from collector.pipeline import keyring, shards
 from collector.pipeline.drain import DrainResult, drain_for
 from collector.pipeline.group import backlog
 from collector.pipeline.ticks import claim_tick
@@ -104,16 +104,22 @@ def describe(results: list[DrainResult]) -> str:
 # (received/started/succeeded), so Flower does not list one idle run per second.
 @shared_task(bind=True, acks_late=True, time_limit=30, send_events=False)
 def drain_tick(self, tick: bool = True) -> str:
-    """Send `drain_stream` when the group has entries not yet stored; "idle" otherwise."""
+    """Send `drain_stream` for each stream shard whose group has entries not yet stored
+    (so a shard waits for no other: each has its own tasks in the queue); "idle" otherwise."""
     settings: Settings = self.app.collector_settings
     client, _ = resources.backends(settings)
     if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
         return "skipped: another tick ran within DRAIN_INTERVAL"
-    waiting = backlog(client, settings.stream, settings.consumer_group)
+    waiting = {}
+    for index, shard in enumerate(shards.shards(settings)):
+        if count := backlog(client, shard.stream, settings.consumer_group):
+            waiting[index] = count
+            drain_stream.apply_async(kwargs={"shard": index} if index else None)
     if not waiting:
         return "idle"
-    drain_stream.apply_async()
-    return f"sent drain_stream: {waiting} waiting"
+    if len(waiting) == 1 and settings.stream_shards == 1:
+        return f"sent drain_stream: {waiting[0]} waiting"
+    return "sent drain_stream for shards " + ", ".join(f"{i} ({n} waiting)" for i, n in waiting.items())
 
 
 @shared_task(
@@ -127,20 +133,24 @@ def drain_tick(self, tick: bool = True) -> str:
     retry_backoff_max=30,
     max_retries=3,
 )
-def drain_stream(self, tick: bool = False) -> str:
-    """Store batches for up to DRAIN_TASK_SECONDS (pipeline.drain.drain_for); returns what
-    it did, for Flower's task list (describe)."""
+def drain_stream(self, tick: bool = False, shard: int = 0) -> str:
+    """Store batches of one stream shard for up to DRAIN_TASK_SECONDS (pipeline.drain.drain_for);
+    returns what it did, for Flower's task list (describe)."""
     settings: Settings = self.app.collector_settings
     client, pool = resources.backends(settings)
     # `tick`: messages a beat of an earlier version sent; they claim the tick as before.
     if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
         return "skipped: another tick ran within DRAIN_INTERVAL"
-    consumer = resources.consumer(settings, consumer_name(self.request.hostname, settings))
+    if shard >= settings.stream_shards:  # sent before STREAM_SHARDS was lowered: its tick sends what is needed
+        return f"skipped: no shard {shard} (STREAM_SHARDS={settings.stream_shards})"
+    mine = shards.shard(settings, shard)
+    consumer = resources.consumer(mine, consumer_name(self.request.hostname, settings))
     with pool.connection() as conn:
-        results = drain_for(client, conn, settings, consumer, resources.cache_client(settings))
+        results = drain_for(client, conn, mine, consumer, resources.cache_client(settings))
     if results[-1].full:
-        self.apply_async()
-    return describe(results)
+        self.apply_async(kwargs={"shard": shard} if shard else None)
+    text = describe(results)
+    return text if settings.stream_shards == 1 else f"shard {shard}: {text}"
 
 
 @shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)
@@ -150,7 +160,7 @@ def trim_stream(self, tick: bool = False) -> int:
     client, _ = resources.backends(settings)
     if tick and not claim_tick(client, settings, "trim", settings.trim_interval):
         return 0
-    return trim_acknowledged(client, settings.stream)
+    return sum(trim_acknowledged(client, shard.stream) for shard in shards.shards(settings))
 
 
 @shared_task(bind=True, acks_late=True, time_limit=60, autoretry_for=TRANSIENT_ERRORS, max_retries=1)

@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from collector.core.clients import check_eviction_policy, make_cache_redis, make_db_pool, make_redis
 from collector.core.settings import Settings
+from collector.pipeline import shards
 from collector.pipeline.consumers import ConsumerLease
 from collector.pipeline.group import ensure_group, register_consumer
 
@@ -31,7 +32,8 @@ def open_backends(settings: Settings) -> None:
     pool.open(wait=False)
     _state.update(pid=os.getpid(), redis=client, db=pool, cache=make_cache_redis(settings, client))
     try:
-        ensure_group(client, settings.stream, settings.consumer_group)
+        for shard in shards.shards(settings):
+            ensure_group(client, shard.stream, settings.consumer_group)
     except redis.RedisError as exc:
         log.warning("consumer group not ensured yet (the drain retries): %s", exc)
 
@@ -48,23 +50,25 @@ def cache_client(settings: Settings) -> redis.Redis:
     return _state["cache"]
 
 
-def consumer(settings: Settings, preferred: str) -> str:
-    """The consumer name this process drains under now: `preferred` when its lease is free
-    (pipeline.consumers), registered in the group the first time it is used."""
-    client, _ = backends(settings)
-    lease = _state.get("lease")
+def consumer(shard: Settings, preferred: str) -> str:
+    """The consumer name this process drains one stream shard under now: `preferred` when
+    its lease is free (pipeline.consumers), registered in the shard's group the first time
+    it is used. Each shard has its own leases, beside its stream (pipeline.shards)."""
+    client, _ = backends(shard)
+    leases = _state.setdefault("leases", {})
+    lease = leases.get(shard.stream)
     if lease is None:
-        lease = _state["lease"] = ConsumerLease(client, settings, preferred)
+        lease = leases[shard.stream] = ConsumerLease(client, shard, preferred)
     name = lease.current()
-    if name not in _state.setdefault("registered", set()):
-        register_consumer(client, settings.stream, settings.consumer_group, name)
-        _state["registered"].add(name)
+    if (shard.stream, name) not in _state.setdefault("registered", set()):
+        register_consumer(client, shard.stream, shard.consumer_group, name)
+        _state["registered"].add((shard.stream, name))
     return name
 
 
 def close_backends() -> None:
     if _state.get("pid") == os.getpid():
-        if (lease := _state.get("lease")) is not None:
+        for lease in _state.get("leases", {}).values():
             lease.release()
         if (pool := _state.get("db")) is not None:
             pool.close()

@@ -21,6 +21,8 @@ class Load:
     def __init__(self, url: str, target: int, batch: int = 20, threads: int = 8, tag: str = "load") -> None:
         self.url, self.target, self.batch, self.tag = url, target, batch, tag
         self.accepted: list[str] = []
+        # (device id, message id): with STREAM_SHARDS > 1 an id is unique within its device's shard only.
+        self.accepted_pairs: list[tuple[str, str]] = []
         self.refused: dict[int | str, int] = {}
         self.retry_after_seen: set[str] = set()
         # Refusals (HTTP errors) that came without Retry-After, by status and error code.
@@ -93,6 +95,7 @@ class Load:
             if response.status_code == 200:
                 with self._lock:
                     self.accepted += response.json()["message_ids"]
+                    self.accepted_pairs += [(logs[0]["device_id"], i) for i in response.json()["message_ids"]]
                 return True
             error = response.json().get("error", "?") if response.status_code >= 400 else "?"
             self._refuse(worker, response.status_code, error)

@@ -35,17 +35,18 @@ def assert_exactly_once(loads: Load | list[Load], database_url: str, api_url: st
     got a 503 because Redis broke mid-request (Redis may have queued them before
     its reply was lost): the documented at-least-once window at the HTTP boundary."""
     loads = loads if isinstance(loads, list) else [loads]
-    accepted = [i for load in loads for i in load.accepted]
+    accepted = [pair for load in loads for pair in load.accepted_pairs]
     in_doubt = set().union(*(load.in_doubt for load in loads))
     wait_until(lambda: count(database_url) >= len(accepted), 240,
                f"{len(accepted)} accepted logs in PostgreSQL", interval=0.5)
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT stream_entry_id(received_at, entry_seq), message FROM logs").fetchall()
-    stored = [stream_id for stream_id, _ in rows]
+        rows = conn.execute("SELECT device_id, stream_entry_id(received_at, entry_seq), message FROM logs").fetchall()
+    # A stream entry is (device, id): with STREAM_SHARDS > 1 ids are unique per device's shard.
+    stored = [(device, stream_id) for device, stream_id, _ in rows]
     assert len(stored) == len(set(stored)), "a stream entry was stored twice"
     accepted_ids = set(accepted)
     assert accepted_ids <= set(stored), "an accepted log is missing"
-    extra = {message for stream_id, message in rows if stream_id not in accepted_ids}
+    extra = {message for device, stream_id, message in rows if (device, stream_id) not in accepted_ids}
     assert extra <= in_doubt, f"stored logs nobody was told were accepted: {sorted(extra)[:5]}"
     assert count(database_url, "dead_letters") == 0
 

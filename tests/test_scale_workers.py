@@ -25,6 +25,7 @@ from celery import current_app
 
 from collector.core.settings import Settings, load_settings
 from collector.devtools.processes import wait_until
+from collector.pipeline import shards
 from tasks.celery_app import make_celery
 from tests.stack import BIN, Stack
 from tests.test_faults import assert_exactly_once, count
@@ -250,25 +251,27 @@ def test_four_workers_on_four_hosts_and_two_beats_store_a_skewed_load_exactly_on
 
 def freeze_a_worker_holding_entries(fleet: Fleet, client: redis.Redis, settings: Settings) -> tuple[str, str]:
     """SIGSTOP (the whole process group) a worker whose consumer has entries delivered but
-    not acknowledged, and return (node, consumer). A stopped process sends nothing more;
-    the short pause lets a reply it had already sent (an XACK) reach Redis first."""
-    stream, group = settings.stream, settings.consumer_group
+    not acknowledged, in any stream shard, and return (node, consumer). A stopped process
+    sends nothing more; the short pause lets a reply it had already sent (an XACK) reach
+    Redis first."""
+    group = settings.consumer_group
 
     def attempt() -> tuple[str, str] | None:
-        for consumer in client.xinfo_consumers(stream, group):
-            name = consumer["name"].decode()
-            if consumer["pending"] == 0:
-                continue
-            node = node_of(name)
-            fleet.procs[node].signal(signal.SIGSTOP)
-            try:
-                time.sleep(0.05)
-                if client.xpending_range(stream, group, "-", "+", 1, consumername=name):
-                    return node, name
-            except BaseException:
+        for stream in (shard.stream for shard in shards.shards(settings)):
+            for consumer in client.xinfo_consumers(stream, group):
+                name = consumer["name"].decode()
+                if consumer["pending"] == 0:
+                    continue
+                node = node_of(name)
+                fleet.procs[node].signal(signal.SIGSTOP)
+                try:
+                    time.sleep(0.05)
+                    if client.xpending_range(stream, group, "-", "+", 1, consumername=name):
+                        return node, name
+                except BaseException:
+                    fleet.procs[node].signal(signal.SIGCONT)
+                    raise
                 fleet.procs[node].signal(signal.SIGCONT)
-                raise
-            fleet.procs[node].signal(signal.SIGCONT)
         return None
 
     return wait_until(attempt, 120, "a worker holding entries in flight", interval=0.02)

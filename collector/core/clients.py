@@ -23,9 +23,14 @@ def check_eviction_policy(client: redis.Redis) -> str | None:
     it cannot be read (Redis down: checked by the next start; CONFIG disabled, as on some
     managed services: their documentation must say noeviction)."""
     try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        if isinstance(client, redis.RedisCluster):  # every master holds shards: ask each
+            replies = client.config_get("maxmemory-policy", target_nodes=redis.RedisCluster.PRIMARIES).values()
+        else:
+            replies = [client.config_get("maxmemory-policy")]
     except redis.RedisError:
         return None
+    policies = [reply.get("maxmemory-policy") for reply in replies]
+    policy = next((p for p in policies if p and p != SAFE_POLICY), policies[0] if policies else None)
     if policy and policy != SAFE_POLICY:
         raise SettingsError(f"Redis maxmemory-policy is {policy!r}: it would evict accepted logs not yet stored; "
                             f"set it to {SAFE_POLICY!r} (redis-server --maxmemory-policy {SAFE_POLICY})")
@@ -43,6 +48,11 @@ def make_redis(settings: Settings, timeout: float | None = None, retries: int = 
     only over-count duplicates_skipped, which is informational).
     """
     timeout = settings.redis_timeout if timeout is None else timeout
+    if settings.redis_cluster:
+        # The same timeouts, per node (redis-py's cluster client passes no health checks on).
+        return redis.RedisCluster.from_url(
+            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
+            retry=Retry(NoBackoff(), retries))
     return redis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=timeout,

@@ -119,9 +119,17 @@ class Settings:
         "A streaming replica of DATABASE_URL that the API's log queries, /api/stats and /api/devices read "
         "(writes, the live tail and the workers stay on the primary); empty: the primary. Set it on the "
         "workers too: they then record where each commit ends, so a lagging replica never fills the cache.")
+    redis_cluster: bool = _setting(
+        "REDIS_CLUSTER", False, _bool,
+        "REDIS_URL names a node of a Redis Cluster (redis-py's cluster client); then CELERY_BROKER_URL "
+        "must name a plain Redis, as Celery's broker does not speak the cluster protocol.")
+    stream_shards: int = _setting(
+        "STREAM_SHARDS", 1, _int(1, 1024),
+        "Streams the accepted logs are split over by a hash of device_id, each with its own consumer group "
+        "and its keys in one Redis Cluster slot (docs/scaling.md); 1: the one stream STREAM_KEY.")
     broker_url: str = _setting(
         "CELERY_BROKER_URL", "", _any_text,
-        "Celery broker; empty means the same Redis as REDIS_URL.")
+        "Celery broker; empty means the same Redis as REDIS_URL (which must then not be a cluster).")
     key_prefix: str = _setting(
         "KEY_PREFIX", "", _any_text,
         "Prefix for every Redis key the collector owns (stream, cache, Celery queues); "
@@ -304,6 +312,15 @@ class Settings:
         """A Redis key in this deployment's namespace."""
         return self.key_prefix + name
 
+    def local_key(self, name: str) -> str:
+        """A key used in one transaction or script with the stream: a shard's stream ends in
+        its hash tag (pipeline.shards), and such a key carries the same tag, so on a Redis
+        Cluster both live in one slot. Unsharded: key(name), as before shards existed."""
+        head, brace, tag = self.stream_key.rpartition("{")
+        if not brace:
+            return self.key(name)
+        return self.key(f"{{{tag[:-1]}}}:{name}")
+
     @property
     def celery_queue(self) -> str:
         return self.key_prefix + "drain"
@@ -326,6 +343,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if settings.backlog_low_water >= settings.backlog_high_water:
         raise SettingsError("BACKLOG_LOW_WATER must be below BACKLOG_HIGH_WATER")
+    if settings.redis_cluster and not settings.broker_url:
+        raise SettingsError("REDIS_CLUSTER=true needs CELERY_BROKER_URL: Celery's broker must be a plain Redis")
     return settings
 
 

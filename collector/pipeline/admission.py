@@ -144,7 +144,9 @@ class Admission:
             args.append(len(fields))
             for name, value in fields.items():
                 args += (name, value)
-        pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        # execute_command, not evalsha: redis-py's cluster pipelines refuse evalsha, and this
+        # routes by the first key on a cluster and does the same on a plain Redis.
+        pipe.execute_command("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
 
     def read(self, reply: list) -> Admission:
         code = int(reply[0])

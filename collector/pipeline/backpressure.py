@@ -16,7 +16,7 @@ import time
 import redis
 
 from collector.core.settings import Settings
-from collector.pipeline.group import backlog_and_memory
+from collector.pipeline import shards
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Gate:
 
     def refresh(self, client: redis.Redis) -> None:
         s = self.settings
-        self.backlog, self.memory_ratio = backlog_and_memory(client, s.stream, s.consumer_group)
+        self.backlog, self.memory_ratio = shards.backlog_and_memory(client, s)
         memory_high = self.memory_ratio >= s.redis_memory_high_water
         if self.closed:
             if self.backlog <= s.backlog_low_water and self.memory_ratio < s.redis_memory_high_water * 0.9:

@@ -49,6 +49,7 @@ from typing import TypeVar
 
 import orjson
 import redis
+from redis.cluster import ClusterPipeline
 
 from collector.core.settings import Settings
 
@@ -172,8 +173,12 @@ def queue_invalidate(pipe: redis.client.Pipeline, prefix: str, scopes: Iterable[
         return 0
     if lsn is not None:  # the fence first, then the DEL (module docstring)
         pipe.zadd(_fence_key(prefix), dict.fromkeys(scopes, _score(lsn)), gt=True)
-    pipe.delete(*[_version_key(prefix, scope) for scope in scopes])
-    return 1 if lsn is None else 2
+    keys = [_version_key(prefix, scope) for scope in scopes]
+    # On a Redis Cluster the versions live in many slots, and one DEL may name one slot's keys only.
+    deletes = [[key] for key in keys] if isinstance(pipe, ClusterPipeline) else [keys]
+    for group in deletes:
+        pipe.delete(*group)
+    return len(deletes) + (lsn is not None)
 
 
 def invalidate(client: redis.Redis, prefix: str, scopes: Iterable[str], lsn: int | None = None) -> None:
@@ -184,11 +189,8 @@ def invalidate(client: redis.Redis, prefix: str, scopes: Iterable[str], lsn: int
     if not scopes:
         return
     try:
-        if lsn is None:
-            client.delete(*[_version_key(prefix, scope) for scope in scopes])
-        else:
-            pipe = client.pipeline(transaction=False)
-            queue_invalidate(pipe, prefix, scopes, lsn)
-            pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        queue_invalidate(pipe, prefix, scopes, lsn)
+        pipe.execute()
     except redis.RedisError as exc:
         log.warning("cache not invalidated (values may be stale until their TTL): %s", exc)

@@ -12,12 +12,15 @@ import logging
 import redis
 
 from collector.core.settings import Settings
+from collector.pipeline import shards
 
 log = logging.getLogger(__name__)
 
 
 def _key(settings: Settings) -> str:
-    return settings.key("counters")
+    """Each stream shard counts beside its stream (the ingest transaction adds to it); the
+    rejections, which touch no stream, are counted under the deployment's own key."""
+    return settings.local_key("counters")
 
 
 def add_rejected(client: redis.Redis, settings: Settings, reason: str) -> None:
@@ -36,7 +39,14 @@ def add_drained(pipe: redis.client.Pipeline, settings: Settings, duplicates: int
 
 
 def read(client: redis.Redis, settings: Settings) -> dict:
-    raw = {k.decode(): int(v) for k, v in client.hgetall(_key(settings)).items()}
+    """The totals over the deployment's key and every shard's."""
+    pipe = client.pipeline(transaction=False)
+    for key in dict.fromkeys(_key(s) for s in (settings, *shards.shards(settings))):
+        pipe.hgetall(key)
+    raw: dict[str, int] = {}
+    for counts in pipe.execute():
+        for k, v in counts.items():
+            raw[k.decode()] = raw.get(k.decode(), 0) + int(v)
     return {
         "accepted": raw.get("accepted", 0),
         "rejected": raw.get("rejected", 0),

@@ -9,20 +9,29 @@ from __future__ import annotations
 import redis
 from prometheus_client.core import GaugeMetricFamily
 
-from collector.pipeline.group import pipeline_stats
+from collector.core.settings import Settings
+from collector.pipeline.group import backlog_of
+from collector.pipeline.shards import pipeline_stats
 
 
 class StreamCollector:
-    """Stream length, pending and lag of one stream and consumer group."""
+    """Stream length, pending and lag over every stream shard (and, sharded, each shard's
+    backlog: one shard falling behind shows even while the totals look fine)."""
 
-    def __init__(self, client: redis.Redis, stream: str, group: str) -> None:
-        self.client, self.stream, self.group = client, stream, group
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client, self.settings = client, settings
 
     def collect(self):
         try:
-            figures = pipeline_stats(self.client, self.stream, self.group)
+            figures = pipeline_stats(self.client, self.settings)
         except redis.RedisError:
             return
+        if "shards" in figures:
+            family = GaugeMetricFamily("collector_shard_backlog", "Entries of one stream shard not yet stored.",
+                                       labels=["shard"])
+            for index, shard in enumerate(figures["shards"]):
+                family.add_metric([str(index)], backlog_of(shard))
+            yield family
         for name, key, doc in (
             ("collector_stream_length", "stream_length", "Entries in the Redis Stream (stored or not)."),
             ("collector_stream_pending", "pending", "Entries delivered to a drain but not yet acknowledged."),

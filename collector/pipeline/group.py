@@ -90,8 +90,12 @@ def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
     pipe.xlen(stream)
     pipe.xinfo_groups(stream)
     pipe.xpending(stream, group)
-    pipe.time()
-    length, groups, pending, now = pipe.execute(raise_on_error=False)
+    cluster = isinstance(client, redis.RedisCluster)
+    if not cluster:
+        pipe.time()
+    length, groups, pending, *now = pipe.execute(raise_on_error=False)
+    # A cluster pipeline refuses TIME (it names no key): ask the stream's own node.
+    now = client.time(target_nodes=client.get_node_from_key(stream)) if cluster else now[0]
     for reply in (length, now):
         if isinstance(reply, Exception):
             raise reply

@@ -21,6 +21,7 @@ import orjson
 import redis
 
 from collector.core.settings import Settings
+from collector.pipeline import shards
 
 SCHEME = "dlc"  # secrets look like dlc.<key id>.<43 random characters>
 REVALIDATE_SECONDS = 1.0
@@ -80,11 +81,18 @@ def key_id_of(secret: str) -> str | None:
 
 
 def registry_key(settings: Settings) -> str:
-    return settings.key("auth:keys")
+    """The hash of live keys; each stream shard has its own copy, beside its stream, which
+    its admission script checks (pipeline.shards)."""
+    return settings.local_key("auth:keys")
 
 
 def uses_key(settings: Settings) -> str:
-    return settings.key("auth:used")
+    return settings.local_key("auth:used")
+
+
+def _copies(settings: Settings) -> list[Settings]:
+    """The deployment's settings and its shards': one per distinct registry (one when unsharded)."""
+    return list({registry_key(s): s for s in (settings, *shards.shards(settings))}.values())
 
 
 def _record(row) -> bytes:
@@ -94,27 +102,34 @@ def _record(row) -> bytes:
 
 def publish(client: redis.Redis, settings: Settings, row) -> None:
     """Make one key (a store.keys.KeyRow) known to the API, or forget it if revoked."""
-    if row.revoked_at is None:
-        client.hset(registry_key(settings), row.id, _record(row))
-    else:
-        client.hdel(registry_key(settings), row.id)
+    for copy in _copies(settings):
+        if row.revoked_at is None:
+            client.hset(registry_key(copy), row.id, _record(row))
+        else:
+            client.hdel(registry_key(copy), row.id)
 
 
 def sync(client: redis.Redis, settings: Settings, rows: list) -> None:
     """Make the Redis copy exactly the live keys of `rows` (the whole table)."""
     live = {row.id: _record(row) for row in rows if row.revoked_at is None}
-    known = {k.decode() for k in client.hkeys(registry_key(settings))}
-    pipe = client.pipeline(transaction=True)
-    if live:
-        pipe.hset(registry_key(settings), mapping=live)
-    if gone := known - live.keys():
-        pipe.hdel(registry_key(settings), *gone)
-    pipe.execute()
+    for copy in _copies(settings):
+        known = {k.decode() for k in client.hkeys(registry_key(copy))}
+        pipe = client.pipeline(transaction=True)
+        if live:
+            pipe.hset(registry_key(copy), mapping=live)
+        if gone := known - live.keys():
+            pipe.hdel(registry_key(copy), *gone)
+        if live or gone:
+            pipe.execute()
 
 
 def recent_uses(client: redis.Redis, settings: Settings) -> list[tuple[str, float]]:
-    """(key id, unix time) of each key's latest use, as the admission script records them."""
-    return [(k.decode(), float(v)) for k, v in client.hgetall(uses_key(settings)).items()]
+    """(key id, unix time) of each key's latest use, as the admission scripts record them."""
+    latest: dict[str, float] = {}
+    for copy in _copies(settings):
+        for k, v in client.hgetall(uses_key(copy)).items():
+            latest[k.decode()] = max(latest.get(k.decode(), 0.0), float(v))
+    return list(latest.items())
 
 
 class Keyring:

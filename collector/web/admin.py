@@ -26,5 +26,5 @@ def prometheus_metrics():
     # The API's own metrics and the stream gauges (read from Redis now), all labelled with this
     # instance's name: nginx sends a scrape through its port to whichever instance it picks.
     body, content_type = metrics.render(metrics.API, s.instance_name,
-                                        [StreamCollector(backends().redis, s.stream, s.consumer_group)])
+                                        [StreamCollector(backends().redis, s)])
     return Response(body, content_type=content_type)

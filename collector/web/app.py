@@ -18,7 +18,7 @@ from collector.core import metrics
 from collector.core.clients import check_eviction_policy, make_cache_redis, make_db_pool, make_redis
 from collector.core.logging_setup import configure_logging, log_context
 from collector.core.settings import Settings, load_settings
-from collector.pipeline import counters
+from collector.pipeline import counters, shards
 from collector.pipeline.backpressure import Gate
 from collector.pipeline.cache import QueryCache
 from collector.pipeline.keyring import Keyring
@@ -80,9 +80,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
                if settings.read_replica else db)
     client = make_redis(settings)
     check_eviction_policy(client)
-    appender = Appender(client, settings.stream, counters.accepted_counter(settings))
+    appenders = tuple(Appender(client, shard.stream, counters.accepted_counter(shard))
+                      for shard in shards.shards(settings))
     app.extensions["collector"] = Backends(redis=client, db=db, read_db=read_db, gate=Gate(settings),
-                                           appender=appender,
+                                           appenders=appenders,
                                            keyring=Keyring(client, settings),
                                            cache=QueryCache(make_cache_redis(settings, client), settings))
 

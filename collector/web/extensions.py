@@ -20,7 +20,7 @@ class Backends:
     redis: redis.Redis
     db: ConnectionPool
     gate: Gate
-    appender: Appender
+    appenders: tuple[Appender, ...]  # one per stream shard (pipeline.shards), in shard order
     keyring: Keyring
     cache: QueryCache
     # The pool the query views read (collector.web.query): DATABASE_READ_URL's when it is

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from collector.pipeline.group import oldest_unstored_age
+from collector.pipeline import shards
 from collector.store import logs as storage
 from collector.web.auth import principal
 from collector.web.extensions import backends, settings
@@ -19,7 +19,7 @@ def health():
     started = time.perf_counter()
     age = None
     try:
-        age = oldest_unstored_age(b.redis, s.stream, s.consumer_group)
+        age = shards.pipeline_stats(b.redis, s)["oldest_unstored_age_seconds"]
         checks["redis"] = True
     except Exception as exc:  # any failure is a failed check, reported by name
         checks["redis"], errors["redis"] = False, repr(exc)

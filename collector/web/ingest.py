@@ -15,13 +15,15 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import orjson
 from flask import request
 from marshmallow import Schema
 
 from collector.core import metrics
+from collector.core.settings import Settings
+from collector.pipeline import shards
 from collector.pipeline.admission import Admission, Credential, Limits, Remember
 from collector.pipeline.codec import encode_entry
 from collector.pipeline.keyring import registry_key, uses_key
@@ -103,19 +105,21 @@ def _fingerprint(body: object) -> str:
     return hashlib.blake2b(request.path.encode() + b"\0" + canonical, digest_size=16).hexdigest()
 
 
-def _admission(logs: list[dict], body: object, key: str | None, received: str) -> Admission | None:
-    """What the admission script must check for this request; None when plain XADDs do."""
+def _admission(shard: Settings, logs: list[dict], body: object, key: str | None, received: str) -> Admission | None:
+    """What the admission script must check for this request's logs on one stream shard
+    (their keys all carry the shard's hash tag); None when plain XADDs do."""
     s = settings()
     who = principal()
     credential = None
     if who is not None and who.key_id is not None:
-        credential = Credential(registry_key(s), uses_key(s), who.key_id, who.digest)
+        credential = Credential(registry_key(shard), uses_key(shard), who.key_id, who.digest)
     remember = None
     if key is not None:
         # Idempotency keys are chosen by clients: scope them by who is speaking, the
         # credential when there is one, else the device (of the first log).
         scope = f"k:{credential.key_id}" if credential else f"d:{logs[0]['device_id']}"
-        remember = Remember(key=s.key(f"idem:{scope}:{key}"), fingerprint=_fingerprint(body), ttl=s.idempotency_ttl)
+        remember = Remember(key=shard.local_key(f"idem:{scope}:{key}"), fingerprint=_fingerprint(body),
+                            ttl=s.idempotency_ttl)
     limits = None
     rate = who.rate_limit if who is not None and who.rate_limit is not None else s.rate_limit_per_device
     if rate > 0:
@@ -123,7 +127,7 @@ def _admission(logs: list[dict], body: object, key: str | None, received: str) -
         costs: dict[str, int] = {}
         for log in logs:
             costs[log["device_id"]] = costs.get(log["device_id"], 0) + 1
-        limits = Limits(rate, burst, [(device, s.key(f"rl:{device}"), n) for device, n in costs.items()])
+        limits = Limits(rate, burst, [(device, shard.local_key(f"rl:{device}"), n) for device, n in costs.items()])
     if remember is None and limits is None and credential is None:
         return None
     return Admission(received_at=received, remember=remember, credential=credential, limits=limits)
@@ -158,7 +162,16 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     """Queue validated logs (log_schema's output), after the scope, admission and rate-limit
     checks; returns (ids, received_at, extra response headers). `body` is what the
     Idempotency-Key fingerprint is taken of: JSON-able, the same for the same logs.
-    Every ingest endpoint (/api/log, /api/logs/batch, OTLP's /v1/logs) queues through here."""
+    Every ingest endpoint (/api/log, /api/logs/batch, OTLP's /v1/logs) queues through here.
+
+    With STREAM_SHARDS > 1 a request whose devices fall in several shards is queued by one
+    transaction per shard, in shard order, each all-or-nothing. Everything that can refuse
+    the whole request (validation, scope, back-pressure) has been checked before the
+    first; a shard that still fails (a rate limit, a Redis error) leaves the earlier
+    shards' logs queued, and the answer is that shard's error. With an Idempotency-Key
+    (remembered per shard) the client's retry is then answered from the queued shards'
+    records and queues only the rest: exactly once (docs/scaling.md).
+    """
     _check_scope(logs)
     b = backends()
     if not b.gate.is_open(b.redis):
@@ -166,17 +179,47 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     now = dt.datetime.now(dt.UTC)
     received = now.isoformat()
     entries = [encode_entry(log, now) for log in logs]
-    admission = _admission(logs, body, key, received)
+    s = settings()
+    if s.stream_shards == 1:
+        return _enqueue_shard(0, range(len(logs)), logs, entries, body, key, received)[:3]
+    parts = shards.split(s, [log["device_id"] for log in logs])
+    if len(parts) == 1:
+        [index] = parts
+        return _enqueue_shard(index, range(len(logs)), logs, entries, body, key, received)[:3]
+    ids: list[str] = [""] * len(logs)
+    first_received, headers, tokens_left, replayed = None, {}, None, True
+    for index, positions in sorted(parts.items()):
+        part_ids, part_received, part_headers, admission = _enqueue_shard(
+            index, positions, [logs[p] for p in positions], [entries[p] for p in positions], body, key, received)
+        for position, entry_id in zip(positions, part_ids, strict=True):
+            ids[position] = entry_id
+        first_received = first_received or part_received
+        replayed = replayed and "Idempotent-Replayed" in part_headers
+        part_headers.pop("Idempotent-Replayed", None)
+        if admission is not None and admission.device and (tokens_left is None or admission.tokens_left < tokens_left):
+            headers, tokens_left = part_headers, admission.tokens_left  # the most constrained device's
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return ids, first_received, headers
+
+
+def _enqueue_shard(index: int, positions: Sequence[int], logs: list[dict], entries: list[dict], body: object,
+                   key: str | None, received: str) -> tuple[list[str], str, dict, Admission | None]:
+    """Queue one shard's part of a request (`positions`: its logs' places in the request)."""
+    b = backends()
+    shard = shards.shard(settings(), index)
+    appender = b.appenders[index]
+    admission = _admission(shard, logs, body, key, received)
     if admission is None:
-        ids = b.appender.append(entries, request.content_length or 0)
+        ids = appender.append(entries, request.content_length or 0)
         metrics.LOGS_ACCEPTED.inc(len(ids))
-        return ids, received, {}
-    result = b.appender.admit(entries, admission, request.content_length or 0)
+        return ids, received, {}, None
+    result = appender.admit(entries, admission, request.content_length or 0)
     if result.status == "unauthorized":  # revoked since this process cached it
         raise Unauthorized("The key is unknown or revoked.")
     headers = _rate_headers(result)
     if result.status == "limited":
-        index = next(i for i, log in enumerate(logs) if log["device_id"] == result.device)
+        index = positions[next(i for i, log in enumerate(logs) if log["device_id"] == result.device)]
         if result.retry_after_ms < 0:
             message = (f"logs[{index}]: device {result.device!r} may send at most {result.limits.burst} logs "
                        "at once; split the request.")
@@ -193,7 +236,7 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
             headers["Idempotent-Replayed"] = "true"
     if result.status == "queued":
         metrics.LOGS_ACCEPTED.inc(len(result.ids))
-    return result.ids, result.received_at, headers
+    return result.ids, result.received_at, headers, result
 
 
 def ingest_log():

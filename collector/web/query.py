@@ -18,8 +18,7 @@ import psycopg
 from flask import request
 
 from collector.core.model import DEVICE_ID_RE
-from collector.pipeline import cache, counters
-from collector.pipeline.group import pipeline_stats
+from collector.pipeline import cache, counters, shards
 from collector.store import deadletters, partitions, search, sequences
 from collector.store import logs as storage
 from collector.store.search import LogFilter
@@ -182,7 +181,7 @@ def stats():
 
     table, source = b.cache.cached(cache.STATS_SCOPE, "table", s.stats_cache_ttl, from_database)
     dead_lettered, expired = table.pop("dead_lettered"), table.pop("expired")
-    pipeline = pipeline_stats(b.redis, s.stream, s.consumer_group)
+    pipeline = shards.pipeline_stats(b.redis, s)
     pipeline.update(persisted=table["total_logs"], dead_lettered=dead_lettered, **expired,
                     **counters.read(b.redis, s))
     return {**table, "pipeline": pipeline, "source": source}

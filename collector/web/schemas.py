@@ -260,8 +260,9 @@ def dead_letter_args_schema(max_limit: int) -> Schema:
 class QueuedOut(Schema):
     status = fields.String(metadata={"enum": ["queued"], "example": "queued"})
     message_id = fields.String(metadata={
-        "description": "Stream entry id \"<ms>-<n>\": the stored row's identity (its received_at is <ms>, "
-                       "its entry_seq <n>; SQL: stream_entry_id(received_at, entry_seq)).",
+        "description": "Stream entry id \"<ms>-<n>\": with the device id, the stored row's identity (its "
+                       "received_at is <ms>, its entry_seq <n>; SQL: stream_entry_id(received_at, entry_seq)). "
+                       "Unique per device's stream shard (STREAM_SHARDS).",
         "example": "1714564800123-0"})
     received_at = fields.DateTime(metadata={"example": "2024-05-01T12:00:00.123000+00:00"})
 

@@ -4,13 +4,14 @@ Each event is one stored log, its `id:` the log's position (collector.store.posi
 "<ms>-<n>@<epoch>", its stream entry). A tail sends the logs matching its filter in
 position order, each once; reconnecting with Last-Event-ID (or ?last_event_id=) goes
 on right after that position, logs stored meanwhile included. docs/tail.md has the
-design; in short:
+design; with STREAM_SHARDS above 1, a tail does all of it once per shard it reads, and
+an id holds a position per shard (collector.web.tail_shards). In short:
 
 - Only logs up to the watermark W are sent (collector.pipeline.watermark): every entry
   up to W is stored, so a position never passes a log that commits later.
 - A tail first reads from PostgreSQL itself, in pages, from its position up to a W;
-  then it joins the process's one poller (collector.web.tail_poller), which reads new
-  rows once for all tails, and takes the poller's batches from then on.
+  then it joins the process's poller of the stream (collector.web.tail_poller), which
+  reads new rows once for all tails, and takes the poller's batches from then on.
 - `id:` lines without data move the client's Last-Event-ID without an event: at the
   start (a tail that saw nothing resumes from where it connected) and with heartbeats
   (past logs that did not match).
@@ -25,8 +26,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import gevent
 import gevent.event
@@ -37,6 +38,7 @@ import redis
 from flask import Response, current_app, request
 
 from collector.core.settings import Settings
+from collector.pipeline import shards
 from collector.pipeline.group import ensure_group
 from collector.pipeline.tail_slots import TailSlots
 from collector.pipeline.watermark import stored_up_to
@@ -49,7 +51,8 @@ from collector.web.errors import ApiError
 from collector.web.extensions import Backends, backends, settings
 from collector.web.query import filter_args
 from collector.web.schemas import LogOut
-from collector.web.tail_poller import Gap, Poller, Rows, Subscriber
+from collector.web.tail_poller import Gap, Poller, Rows
+from collector.web.tail_shards import Ids, Lane, Resume, open_lanes, parse
 
 log = logging.getLogger(__name__)
 
@@ -61,34 +64,47 @@ _log_out = LogOut()
 
 @dataclass
 class TailHub:
-    """The process's poller and the key slots, one per app (built by the first tail)."""
+    """The process's pollers, one per stream shard, and the key slots, one per app (built
+    by the first tail)."""
 
-    poller: Poller
+    pollers: tuple[Poller, ...]
     slots: TailSlots
-    _reading: gevent.event.AsyncResult | None = None
+    _reading: dict[int, gevent.event.AsyncResult] = field(default_factory=dict)
 
-    def watermark(self, b: Backends, s: Settings, fresh: bool = False) -> Position:
-        """A position up to which every log is stored, for a tail to start from or catch up
-        to: the poller's own (no round trip) while it runs, unless `fresh`; else the
-        watermark read from Redis, once for every tail that opens meanwhile (a reconnect
-        storm of hundreds of tails is one read, not hundreds of connections)."""
-        if self.poller.position is not None and not fresh:
-            return self.poller.position
-        if self._reading is not None:
-            return self._reading.get()
-        self._reading = reading = gevent.event.AsyncResult()
+    @property
+    def poller(self) -> Poller:
+        """Unsharded, the process's one poller."""
+        return self.pollers[0]
+
+    def close(self) -> None:
+        """Stop every poller now (tests)."""
+        for poller in self.pollers:
+            poller.close()
+
+    def watermark(self, b: Backends, s: Settings, fresh: bool = False, index: int = 0) -> Position:
+        """A position up to which every log of shard `index` is stored, for a tail to start
+        from or catch up to: its poller's own (no round trip) while it runs, unless `fresh`;
+        else the watermark read from Redis, once for every tail that opens meanwhile (a
+        reconnect storm of hundreds of tails is one read, not hundreds of connections)."""
+        poller = self.pollers[index]
+        if poller.position is not None and not fresh:
+            return poller.position
+        if index in self._reading:
+            return self._reading[index].get()
+        self._reading[index] = reading = gevent.event.AsyncResult()
+        shard = shards.shard(s, index)
         try:
-            found = stored_up_to(b.redis, s.stream, s.consumer_group)
+            found = stored_up_to(b.redis, shard.stream, shard.consumer_group)
             if found is None:  # nothing queued or drained yet: give the stream its epoch now
-                ensure_group(b.redis, s.stream, s.consumer_group)
-                found = stored_up_to(b.redis, s.stream, s.consumer_group)
+                ensure_group(b.redis, shard.stream, shard.consumer_group)
+                found = stored_up_to(b.redis, shard.stream, shard.consumer_group)
             reading.set(found)
             return found
         except BaseException as exc:
             reading.set_exception(exc)
             raise
         finally:
-            self._reading = None
+            del self._reading[index]
 
 
 def hub() -> TailHub:
@@ -96,7 +112,8 @@ def hub() -> TailHub:
     if found is None:
         s, b = settings(), backends()
         found = current_app.extensions["collector.tail"] = TailHub(
-            Poller(b.redis, b.db, s.stream, s.consumer_group, s.tail_poll_interval, stopping.requested),
+            tuple(Poller(b.redis, b.db, shard.stream, shard.consumer_group, s.tail_poll_interval, stopping.requested)
+                  for shard in shards.shards(s)),
             TailSlots(b.redis, s))
     return found
 
@@ -112,15 +129,12 @@ def fleet_tail():
 def _open(device_id: str | None) -> Response:
     s, b = settings(), backends()
     filt, _ = filter_args(device_id)  # 422 for bad filters, 403 outside the key's scope
-    requested = _requested_position()
+    requested = _requested_position(s)
     tails = hub()
-    watermark = tails.watermark(b, s)
-    if requested is not None and requested.epoch != watermark.epoch:
-        # An older stream incarnation, or a newer one this process's poller has not seen yet.
-        watermark = tails.watermark(b, s, fresh=True)
+    lanes = open_lanes(s, filt, requested, tails.pollers, lambda index, fresh: tails.watermark(b, s, fresh, index))
     who = principal()
     key_id = who.key_id if who is not None else None
-    tail = Tail(tails, b, s, filt, requested or watermark, watermark, key_id)
+    tail = Tail(tails, b, s, filt, lanes, key_id)
     if key_id is not None and not tail.hub.slots.take(key_id, tail.id):
         raise ApiError(429, "too_many_tails",
                        f"This key has {s.tail_max_per_key} live tails open (TAIL_MAX_PER_KEY): close one, or "
@@ -139,27 +153,32 @@ def _open(device_id: str | None) -> Response:
     return Response(tail, mimetype="text/event-stream", headers=HEADERS)
 
 
-def _requested_position() -> Position | None:
+def _requested_position(s: Settings) -> Resume | None:
     """Last-Event-ID (an EventSource's reconnect), else ?last_event_id= (curl, or a page's
     first connection); the header wins, being newer than the URL a browser reconnects to."""
     text = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     if not text:
         return None
     try:
-        return Position.parse(text)
+        return parse(s, text)
     except ValueError:
+        form = "<ms>-<n>@<epoch>" if s.stream_shards == 1 else "<shards>.<base>.<tag>_<delta>@<epoch>..."
         raise ApiError(422, "validation_failed", "The query is invalid; see fields.", {"last_event_id": [
-            "Not a position this API gave: pass an event's id (<ms>-<n>@<epoch>) as it came."]}) from None
+            f"Not a position this API gave: pass an event's id ({form}) as it came."]}) from None
 
 
-def encode(rows: list[Stored], epoch: str) -> bytes:
-    """One event per log; each log's JSON is made once, however many tails send it."""
+def encode(rows: list[Stored], epoch: str, ids: Callable[[Stored], bytes] | None = None) -> bytes:
+    """One event per log; each log's JSON is made once, however many tails send it. Its id
+    is its position, or what `ids` makes of it (sharded: tail_shards.Ids.of_rows)."""
     out = []
     tag = epoch.encode()
     for row in rows:
         if row.data is None:
             row.data = b"data: " + _json(row.log) + b"\n\n"
-        out.append(b"id: %d-%d@%s\n" % (*row.entry, tag) + row.data)
+        if ids is None:
+            out.append(b"id: %d-%d@%s\n" % (*row.entry, tag) + row.data)
+        else:
+            out.append(b"id: " + ids(row) + b"\n" + row.data)
     return b"".join(out)
 
 
@@ -177,24 +196,31 @@ def _json(log: dict) -> bytes:
 class Tail:
     """One open tail: the response body (an iterable with close()) and its state.
 
-    `pos`: every matching log up to it has been sent (or was before the tail started);
-    `sent`: the last position the client was given (the id it would reconnect with).
+    Per shard it reads, a lane (tail_shards.Lane) with its position; `sent`: the lanes'
+    positions the client was last given (the id it would reconnect with).
     """
 
-    def __init__(self, hub: TailHub, b: Backends, s: Settings, filt: LogFilter, start: Position,
-                 watermark: Position, key_id: str | None) -> None:
+    def __init__(self, hub: TailHub, b: Backends, s: Settings, filt: LogFilter, lanes: list[Lane],
+                 key_id: str | None) -> None:
         self.hub, self.db, self.client, self.settings, self.filt = hub, b.db, b.redis, s, filt
-        self.pos, self.target, self.key_id = start, watermark, key_id
-        self.started_at = self.sent = start
+        self.lanes, self.key_id = lanes, key_id
+        self.ids = Ids(s, lanes)
+        self.started_at = self.sent = self.positions()
         self.id = uuid.uuid4().hex
-        devices = frozenset(filt.device_ids) if filt.device_ids else None  # a prefix may be any device
-        self.subscriber = Subscriber(devices)
+        # Whichever of its pollers hands it something wakes the tail.
+        self.wake = gevent.event.Event()
+        for lane in lanes:
+            lane.subscriber.wake = self.wake
         self.slot_taken = False
         self._refreshed = time.monotonic()
         self._first = b""
-        self._pages = self.pages_to(watermark)
+        self._pages = self._catch_up()
         self._body: Iterator[bytes] | None = None
         self._released = False
+        self._turn = 0  # the lane whose batches are taken first next time: each in turn
+
+    def positions(self) -> tuple[Position, ...]:
+        return tuple(lane.pos for lane in self.lanes)
 
     def start(self) -> None:
         """The first page of the catch-up, before the answer starts: a resume too broad to
@@ -215,7 +241,8 @@ class Tail:
         if self._released:
             return
         self._released = True
-        self.hub.poller.detach(self.subscriber)
+        for lane in self.lanes:
+            lane.poller.detach(lane.subscriber)
         if self.slot_taken:
             try:
                 self.hub.slots.release(self.key_id, self.id)
@@ -224,81 +251,94 @@ class Tail:
 
     # --- reading rows ----------------------------------------------------------------
 
-    def pages_to(self, target: Position) -> Iterator[bytes]:
-        """The matching rows after `pos` up to `target`, read from PostgreSQL, as events, a
-        page at a time; `pos` follows. In another incarnation than pos's: the rest of
-        pos's, then the new one from its start."""
-        if self.pos.epoch != target.epoch:
-            if not (yield from self._read(self.pos.epoch, None)):
+    def _catch_up(self) -> Iterator[bytes]:
+        for lane in self.lanes:
+            if stopping.requested():
                 return
-            self.pos = Position(target.epoch, 0, 0)
-        if target.entry > self.pos.entry and (yield from self._read(target.epoch, target.entry)):
-            self.pos = target
+            yield from self.pages_to(lane, lane.target)
 
-    def _read(self, epoch: str, upto: tuple[int, int] | None) -> Iterator[bytes]:
+    def pages_to(self, lane: Lane, target: Position) -> Iterator[bytes]:
+        """The lane's matching rows after its `pos` up to `target`, read from PostgreSQL, as
+        events, a page at a time; `pos` follows. In another incarnation than pos's: the
+        rest of pos's, then the new one from its start."""
+        if lane.pos.epoch != target.epoch:
+            if not (yield from self._read(lane, lane.pos.epoch, None)):
+                return
+            lane.pos = Position(target.epoch, 0, 0)
+        if target.entry > lane.pos.entry and (yield from self._read(lane, target.epoch, target.entry)):
+            lane.pos = target
+
+    def _read(self, lane: Lane, epoch: str, upto: tuple[int, int] | None) -> Iterator[bytes]:
         """Pages up to `upto` (None: to the end); returns False if it stopped before."""
         while True:
             # One pooled connection per page, given back before the page is sent: a slow
             # client must not hold a connection the queries need.
             with self.db.connection() as conn:
-                stream = self.hub.poller.stream_id(conn, epoch)
-                rows = (positions.rows_after(conn, stream, self.pos.entry, upto, CATCH_UP_PAGE, filt=self.filt)
+                stream = lane.poller.stream_id(conn, epoch)
+                rows = (positions.rows_after(conn, stream, lane.pos.entry, upto, CATCH_UP_PAGE, filt=self.filt)
                         if stream is not None else [])
             if rows:
-                self.pos = self.sent = Position(epoch, *rows[-1].entry)
-                yield encode(rows, epoch)
+                yield self._send(lane, rows, epoch)
             if len(rows) < CATCH_UP_PAGE:
                 return True
             if stopping.requested():
                 return False
             self._keep_slot()  # a long catch-up must not let the slot lapse
 
-    def _join(self) -> Iterator[bytes]:
+    def _join(self, lane: Lane) -> Iterator[bytes]:
         """Catch up to the poller's position, then attach to it, without yielding between."""
-        poller = self.hub.poller
+        poller = lane.poller
         while not stopping.requested():
             current = poller.position
             if current is None:
-                poller.attach(self.subscriber, at=self.target)  # starts it, at a watermark we hold
+                poller.attach(lane.subscriber, at=lane.target)  # starts it, at a watermark we hold
                 return
-            if current.epoch == self.pos.epoch:
-                if current.entry <= self.pos.entry:
-                    poller.attach(self.subscriber, at=current)
+            if current.epoch == lane.pos.epoch:
+                if current.entry <= lane.pos.entry:
+                    poller.attach(lane.subscriber, at=current)
                     return
-            elif stored_up_to(self.client, self.settings.stream, self.settings.consumer_group).epoch != current.epoch:
+            elif stored_up_to(self.client, lane.shard.stream, lane.shard.consumer_group).epoch != current.epoch:
                 gevent.sleep(poller.interval)  # the poller has not seen our incarnation yet
                 continue
             # (else the stream was replaced after we read W: the poller is right)
-            yield from self.pages_to(current)
-            self.target = current
+            yield from self.pages_to(lane, current)
+            lane.target = current
+
+    def _send(self, lane: Lane, rows: list[Stored], epoch: str) -> bytes:
+        """The events of rows of one lane, after which the lane is at the last of them."""
+        ids = self.ids.of_rows(self.positions(), self.lanes.index(lane), epoch)
+        lane.pos = Position(epoch, *rows[-1].entry)
+        self.sent = self.positions()
+        return encode(rows, epoch, ids)
 
     # --- the stream ------------------------------------------------------------------
 
     def _events(self) -> Iterator[bytes]:
         heartbeat = self.settings.tail_heartbeat_seconds
-        yield b"retry: %d\nid: %s\n\n" % (RECONNECT_MS, self.started_at.text().encode())
+        yield b"retry: %d\nid: %s\n\n" % (RECONNECT_MS, self.ids.text(self.started_at).encode())
         try:
             if self._first:
                 yield self._first
             yield from self._pages
-            yield from self._join()
+            for lane in self.lanes:
+                yield from self._join(lane)
             last_write = time.monotonic()
             while not stopping.requested():
                 now = time.monotonic()
                 self._keep_slot()
-                item = self.subscriber.pop()
+                lane, item = self._pop()
                 if item is None:
-                    if self.subscriber.stopped:
+                    if any(lane.subscriber.stopped for lane in self.lanes):
                         break
                     if now - last_write >= heartbeat:
-                        self._advance_to_poller()
+                        self._advance_to_pollers()
                         yield self._comment(b"keepalive")
                         last_write = time.monotonic()
                         continue
-                    self.subscriber.wake.clear()
-                    self.subscriber.wake.wait(last_write + heartbeat - now)
+                    self.wake.clear()
+                    self.wake.wait(last_write + heartbeat - now)
                     continue
-                for chunk in self._take(item):
+                for chunk in self._take(lane, item):
                     yield chunk
                     last_write = time.monotonic()
             yield self._comment(b"shutting down: reconnect with Last-Event-ID to go on")
@@ -312,29 +352,42 @@ class Tail:
         finally:
             self._release()
 
-    def _take(self, item: Rows | Gap) -> Iterator[bytes]:
-        if isinstance(item, Gap) or item.end.epoch != self.pos.epoch:
-            yield from self.pages_to(item.end)
-            return
-        floor = self.pos.entry
-        rows = [row for row in item.rows if row.entry > floor and self.filt.matches(row.log)]
-        self.pos = max(self.pos, item.end)
-        if rows:
-            self.sent = Position(self.pos.epoch, *rows[-1].entry)
-            yield encode(rows, self.pos.epoch)
+    def _pop(self) -> tuple[Lane, Rows | Gap | None]:
+        """The next batch of a lane, the lanes in turn: a busy shard does not hold back the others."""
+        count = len(self.lanes)
+        for i in range(count):
+            lane = self.lanes[(self._turn + i) % count]
+            item = lane.subscriber.pop()
+            if item is not None:
+                self._turn = (self._turn + i + 1) % count
+                return lane, item
+        return self.lanes[0], None
 
-    def _advance_to_poller(self) -> None:
-        """With nothing waiting for us, everything up to the poller's position that could
+    def _take(self, lane: Lane, item: Rows | Gap) -> Iterator[bytes]:
+        if isinstance(item, Gap) or item.end.epoch != lane.pos.epoch:
+            yield from self.pages_to(lane, item.end)
+            return
+        floor = lane.pos.entry
+        rows = [row for row in item.rows if row.entry > floor and self.filt.matches(row.log)]
+        chunk = self._send(lane, rows, lane.pos.epoch) if rows else b""
+        lane.pos = max(lane.pos, item.end)
+        if chunk:
+            yield chunk
+
+    def _advance_to_pollers(self) -> None:
+        """With nothing waiting for a lane, everything up to its poller's position that could
         match has been sent: the position a heartbeat gives the client may move there."""
-        current = self.hub.poller.position
-        if current is not None and current.epoch == self.pos.epoch and not self.subscriber.items:
-            self.pos = max(self.pos, current)
+        for lane in self.lanes:
+            current = lane.poller.position
+            if current is not None and current.epoch == lane.pos.epoch and not lane.subscriber.items:
+                lane.pos = max(lane.pos, current)
 
     def _comment(self, text: bytes) -> bytes:
         """A comment, with an id (no data: no event) when the position moved past the last
         one the client was given."""
-        moved = b"" if self.pos == self.sent else b"id: %s\n" % self.pos.text().encode()
-        self.sent = self.pos
+        now = self.positions()
+        moved = b"" if now == self.sent else b"id: %s\n" % self.ids.text(now).encode()
+        self.sent = now
         return b": " + text + b"\n" + moved + b"\n"
 
     def _keep_slot(self) -> None:

@@ -1,5 +1,6 @@
-"""One poller per API process feeds every open live tail: one look at the watermark per
-TAIL_POLL_INTERVAL, and one PostgreSQL read when it moved, whatever the number of tails.
+"""One poller per API process (per stream shard: collector.web.tail_shards) feeds every
+open live tail of its stream: one look at the watermark per TAIL_POLL_INTERVAL, and one
+PostgreSQL read when it moved, whatever the number of tails.
 
 The poller keeps `position` (D): every stored row up to D has been handed to every
 subscriber that can want it. At each tick it reads the watermark W (collector.
