@@ -4,15 +4,20 @@ a Redis Cluster: tests/test_redis_cluster.py."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import time
 from collections import Counter
 
 import pytest
+from celery import current_app
 
 from collector.pipeline import codec, keyring, shards
 from collector.pipeline.drain import drain_for
 from collector.store import keys
+from tasks import resources
+from tasks.celery_app import make_celery
 from tests.test_console_browser import make_key
 
 SHARDS = 4
@@ -107,9 +112,14 @@ def test_each_shard_drains_under_its_own_group_and_a_skewed_load_leaves_none_beh
     for start in range(0, len(logs), 100):
         assert client.post("/api/logs/batch", json={"logs": logs[start:start + 100]}).status_code == 200
     for shard in shards.shards(sharded):
-        groups = redis_client.xinfo_groups(shard.stream) if redis_client.exists(shard.stream) else []
         assert redis_client.xlen(shard.stream) > 0
-        assert all(g["pending"] == 0 for g in groups)
+    # Each shard's backlog on /metrics, beside the totals; /health sees the oldest of any shard.
+    metrics = client.get("/metrics").get_data(as_text=True)
+    backlogs = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith("collector_shard_backlog{")]
+    assert backlogs == [600.0, 200.0, 200.0, 200.0], backlogs
+    assert any(line.startswith("collector_stream_lag{") and line.endswith(" 1200.0") for line in metrics.splitlines())
+    assert client.get("/health").json["oldest_unstored_age_seconds"] is not None
     assert drain_all(redis_client, db, sharded) == len(logs)
     for shard in shards.shards(sharded):
         [group] = redis_client.xinfo_groups(shard.stream)
@@ -178,3 +188,41 @@ def test_back_pressure_counts_the_backlog_of_every_shard(sharded, db, make_app):
     # The fourth shard holds nothing, and is refused all the same.
     refused = client.post("/api/log", json={"device_id": devices[3][0], "log_level": "INFO", "message": "x"})
     assert refused.status_code == 503 and refused.headers["Retry-After"], refused.json
+
+
+def test_the_tick_sends_a_task_per_waiting_shard_so_a_busy_shard_holds_up_no_other(sharded, db, make_app,
+                                                                                   redis_client):
+    """One run per task (DRAIN_TASK_SECONDS=0) and the broker's queue worked through in
+    order, as a worker takes it: the cold shard's logs are stored by the second task, while
+    the hot shard still has hundreds waiting."""
+    s = dataclasses.replace(sharded, drain_task_seconds=0.0)
+    devices = devices_per_shard(s, 1)
+    api = make_app(s).test_client()
+    def post(device: str, word: str, count: int) -> None:
+        logs = [{"device_id": device, "log_level": "INFO", "message": f"{word} {n}"} for n in range(count)]
+        assert api.post("/api/logs/batch", json={"logs": logs}).status_code == 200
+
+    for _ in range(4):
+        post(devices[0][0], "hot", 100)
+    post(devices[2][0], "cold", 5)
+
+    previous = current_app._get_current_object()
+    app = make_celery(s)
+    app.loader.import_default_modules()
+    queue = f"{s.key_prefix}{s.celery_queue}"
+    try:
+        assert (app.tasks["tasks.drain.drain_tick"].apply(kwargs={"tick": True}, throw=True).get()
+                == "sent drain_stream for shards 0 (400 waiting), 2 (5 waiting)")
+        results = []
+        while message := redis_client.rpop(queue):  # kombu LPUSHes: the oldest message is last
+            _, kwargs, _ = json.loads(base64.b64decode(json.loads(message)["body"]))
+            results.append(app.tasks["tasks.drain.drain_stream"].apply(kwargs=kwargs, throw=True).get())
+            if len(results) == 2:
+                cold = db.execute("SELECT count(*) FROM logs WHERE message LIKE 'cold %%'").fetchone()[0]
+    finally:
+        resources.close_backends()
+        previous.set_current()
+    assert results[:2] == ["shard 0: stored 100 of 100 (new), more waiting", "shard 2: stored 5 of 5 (new)"]
+    assert cold == 5
+    assert results[-1] == "shard 0: idle" and len(results) == 6  # four full runs, then an empty one
+    assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 405

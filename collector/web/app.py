@@ -80,10 +80,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
                if settings.read_replica else db)
     client = make_redis(settings)
     check_eviction_policy(client)
-    appenders = tuple(Appender(client, shard.stream, counters.accepted_counter(shard))
-                      for shard in shards.shards(settings))
+    stream_shards = shards.shards(settings)
+    appenders = tuple(Appender(client, shard.stream, counters.accepted_counter(shard)) for shard in stream_shards)
     app.extensions["collector"] = Backends(redis=client, db=db, read_db=read_db, gate=Gate(settings),
-                                           appenders=appenders,
+                                           shards=stream_shards, appenders=appenders,
                                            keyring=Keyring(client, settings),
                                            cache=QueryCache(make_cache_redis(settings, client), settings))
 

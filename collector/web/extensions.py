@@ -20,7 +20,8 @@ class Backends:
     redis: redis.Redis
     db: ConnectionPool
     gate: Gate
-    appenders: tuple[Appender, ...]  # one per stream shard (pipeline.shards), in shard order
+    shards: tuple[Settings, ...]  # pipeline.shards.shards(settings), kept: the hot path needs them per request
+    appenders: tuple[Appender, ...]  # one per shard, in shard order
     keyring: Keyring
     cache: QueryCache
     # The pool the query views read (collector.web.query): DATABASE_READ_URL's when it is

@@ -207,8 +207,7 @@ def _enqueue_shard(index: int, positions: Sequence[int], logs: list[dict], entri
                    key: str | None, received: str) -> tuple[list[str], str, dict, Admission | None]:
     """Queue one shard's part of a request (`positions`: its logs' places in the request)."""
     b = backends()
-    shard = shards.shard(settings(), index)
-    appender = b.appenders[index]
+    shard, appender = b.shards[index], b.appenders[index]
     admission = _admission(shard, logs, body, key, received)
     if admission is None:
         ids = appender.append(entries, request.content_length or 0)
