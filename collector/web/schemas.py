@@ -282,6 +282,14 @@ class LogsPageOut(Schema):
         "description": "Pass it as ?cursor= with the same filters for the next page; null on the last page."})
 
 
+class ShardOut(Schema):
+    stream = fields.String(metadata={"example": "logs:stream:{s2}"})
+    stream_length = fields.Integer()
+    pending = fields.Integer()
+    lag = fields.Integer(allow_none=True)
+    oldest_unstored_age_seconds = fields.Float(allow_none=True)
+
+
 class PipelineOut(Schema):
     stream_length = fields.Integer()
     pending = fields.Integer()
@@ -298,6 +306,9 @@ class PipelineOut(Schema):
     duplicates_skipped = fields.Integer()
     oldest_unstored_age_seconds = fields.Float(allow_none=True, metadata={
         "description": "Age of the oldest accepted log not yet stored; null when none waits."})
+    shards = fields.List(fields.Nested(ShardOut), metadata={
+        "description": "With STREAM_SHARDS above 1 only: each stream shard's figures (the ones above are their "
+                       "totals, the age their largest)."})
 
 
 class StatsOut(Schema):
