@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,35 +43,41 @@ class DirectProbe(Probe):
 
     source = "SELECT count(*) FROM logs"
 
-    def __init__(self, database_url: str, redis_url: str, stream: str, group: str) -> None:
+    def __init__(self, database_url: str, redis_url: str, stream: str | Sequence[str], group: str) -> None:
+        """`stream`: the stream, or every stream shard's (STREAM_SHARDS)."""
         import psycopg
         import redis
 
         self.conn = psycopg.connect(database_url, autocommit=True, connect_timeout=5,
                                     options="-c statement_timeout=30000")
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.stream, self.group = stream, group
+        self.streams = [stream] if isinstance(stream, str) else list(stream)
+        self.group = group
 
     def persisted(self) -> int:
         return self.conn.execute("SELECT count(*) FROM logs").fetchone()[0]
 
     def backlog(self) -> int | None:
-        """lag (never delivered to the group) + pending (delivered, not acknowledged)."""
+        """lag (never delivered to the group) + pending (delivered, not acknowledged), over every stream."""
+        backlogs = [self._backlog(stream) for stream in self.streams]
+        return None if None in backlogs else sum(backlogs)
+
+    def _backlog(self, stream: str) -> int | None:
         import redis
 
         try:
-            groups = self.redis.xinfo_groups(self.stream)
+            groups = self.redis.xinfo_groups(stream)
         except redis.ResponseError as exc:
             if "no such key" in str(exc).lower():
                 return 0
             raise
         info = next((g for g in groups if _text(g["name"]) == self.group), None)
         if info is None:
-            return self.redis.xlen(self.stream)  # no group yet: nothing was delivered
+            return self.redis.xlen(stream)  # no group yet: nothing was delivered
         lag = info.get("lag")
         if lag is None:  # Redis cannot tell (e.g. after deletions); derive it when possible
             read = info.get("entries-read")
-            lag = None if read is None else max(0, self.redis.xinfo_stream(self.stream)["entries-added"] - read)
+            lag = None if read is None else max(0, self.redis.xinfo_stream(stream)["entries-added"] - read)
         return None if lag is None else lag + info["pending"]
 
     def redis_memory_mib(self) -> float | None:
@@ -79,7 +85,7 @@ class DirectProbe(Probe):
 
     def extra(self) -> dict:
         return {
-            "stream_length": self.redis.xlen(self.stream),
+            "stream_length": sum(self.redis.xlen(stream) for stream in self.streams),
             "redis_used_memory_mib": self.redis_memory_mib(),
             "postgres_table_mib": round(self.conn.execute(
                 "SELECT pg_total_relation_size('logs')").fetchone()[0] / 2**20, 1),

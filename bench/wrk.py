@@ -61,6 +61,7 @@ from bench.wrk_report import collector_cpu, comparison, cpu_cost, describe, load
 from collector.core.settings import load_settings
 from collector.devtools.processes import ROOT
 from collector.devtools.servers import ensure_servers, stop_servers
+from collector.pipeline import shards
 from collector.pipeline.codec import encode_entry
 
 SCRIPTS = ROOT / "bench" / "wrk"
@@ -240,6 +241,8 @@ def run_stack(args: argparse.Namespace, code: Code, round_no: int, run_dir: Path
                     key_prefix=prefix, wipe_database=db_ours, wipe_redis=prefix_ours)
     run_dir.mkdir(parents=True)
     env = config_settings(args, keys)
+    if code.root.resolve() == args.code.resolve():
+        env.update(args.set)  # --set: the stack under test only, not --compare's
     result = {"code": str(code.root), "revision": code.revision, "round": round_no, "keys": keys,
               "exactly_once": exactly_once, "settings": env, "phases": {}, "notes": []}
     own_servers, stack, probe = [], None, None
@@ -249,7 +252,8 @@ def run_stack(args: argparse.Namespace, code: Code, round_no: int, run_dir: Path
         prepare_own_namespace(target, stack)
         start_stack(args, target, stack, keys=False)  # an older checkout has no keys; the fleet's is made below
         settings = load_settings(stack.base_env)
-        probe = DirectProbe(database_url, target_redis_url(), settings.stream, settings.consumer_group)
+        probe = DirectProbe(database_url, target_redis_url(), [shard.stream for shard in shards.shards(settings)],
+                            settings.consumer_group)
         wrk_env = {"WRK_EXACTLY_ONCE": "1" if exactly_once else "0"}
         if keys:
             wrk_env["COLLECTOR_KEY"] = create_key(stack, "--prefix", FLEET, "--name", "bench.wrk fleet")
@@ -302,7 +306,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=900.0, help="seconds the drain may take")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="results directory (bench-results/)")
     p.add_argument("--record", type=Path, help="also write the JSON here")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the stack of --code only, not of --compare (repeatable), e.g. "
+                        "--set STREAM_SHARDS=4 --compare <a worktree of the same commit>")
     args = p.parse_args(argv)
+    try:
+        args.set = dict(item.split("=", 1) for item in args.set)
+    except ValueError:
+        p.error("--set: NAME=VALUE")
+    if int(args.set.get("STREAM_SHARDS", os.environ.get("STREAM_SHARDS", "1"))) > 1 and "drain" in args.phases:
+        p.error("the drain phase pre-fills one stream: leave it out with STREAM_SHARDS above 1 (--phases batch,single)")
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     if not args.phases or set(args.phases) - set(PHASES):
         p.error(f"--phases: a subset of {','.join(PHASES)}")
