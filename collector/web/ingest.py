@@ -180,9 +180,7 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     received = now.isoformat()
     entries = [encode_entry(log, now) for log in logs]
     s = settings()
-    if s.stream_shards == 1:
-        return _enqueue_shard(0, range(len(logs)), logs, entries, body, key, received)[:3]
-    parts = shards.split(s, [log["device_id"] for log in logs])
+    parts = shards.split(s, [log["device_id"] for log in logs]) if s.stream_shards > 1 else {0: range(len(logs))}
     if len(parts) == 1:
         [index] = parts
         return _enqueue_shard(index, range(len(logs)), logs, entries, body, key, received)[:3]
