@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             if not keys.revoke(conn, args.key_id):
                 print(f"error: no key {args.key_id}", file=sys.stderr)
                 return 1
-            _publish(settings, lambda client: client.hdel(keyring.registry_key(settings), args.key_id))
+            _publish(settings, lambda client: keyring.forget(client, settings, args.key_id))
         print(f"revoked key {args.key_id}", file=sys.stderr)
         return 0
 

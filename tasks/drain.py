@@ -39,7 +39,6 @@ from psycopg_pool import PoolTimeout
 from collector.core.settings import Settings
 from collector.pipeline import keyring, shards
 from collector.pipeline.drain import DrainResult, drain_for
-from collector.pipeline.group import backlog
 from collector.pipeline.ticks import claim_tick
 from collector.pipeline.trim import trim_acknowledged
 from collector.store import keys
@@ -110,11 +109,9 @@ def drain_tick(self, tick: bool = True) -> str:
     client, _ = resources.backends(settings)
     if tick and not claim_tick(client, settings, "drain", settings.drain_interval):
         return "skipped: another tick ran within DRAIN_INTERVAL"
-    waiting = {}
-    for index, shard in enumerate(shards.shards(settings)):
-        if count := backlog(client, shard.stream, settings.consumer_group):
-            waiting[index] = count
-            drain_stream.apply_async(kwargs={"shard": index} if index else None)
+    waiting = {index: count for index, count in enumerate(shards.backlogs(client, settings)) if count}
+    for index in waiting:
+        drain_stream.apply_async(kwargs={"shard": index} if index else None)
     if not waiting:
         return "idle"
     if len(waiting) == 1 and settings.stream_shards == 1:
@@ -144,7 +141,7 @@ def drain_stream(self, tick: bool = False, shard: int = 0) -> str:
     if shard >= settings.stream_shards:  # sent before STREAM_SHARDS was lowered: its tick sends what is needed
         return f"skipped: no shard {shard} (STREAM_SHARDS={settings.stream_shards})"
     mine = shards.shard(settings, shard)
-    consumer = resources.consumer(mine, consumer_name(self.request.hostname, settings))
+    consumer = resources.consumer(settings, shard, consumer_name(self.request.hostname, settings))
     with pool.connection() as conn:
         results = drain_for(client, conn, mine, consumer, resources.cache_client(settings))
     if results[-1].full:

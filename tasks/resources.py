@@ -17,6 +17,7 @@ from collector.core.settings import Settings
 from collector.pipeline import shards
 from collector.pipeline.consumers import ConsumerLease
 from collector.pipeline.group import ensure_group, register_consumer
+from collector.pipeline.layout import check_layout
 
 log = logging.getLogger(__name__)
 _state: dict = {}
@@ -29,13 +30,14 @@ def open_backends(settings: Settings) -> None:
     pool = make_db_pool(settings, 2, name=f"collector-worker-{settings.instance_name}", check=True,
                         statement_timeout=settings.drain_statement_timeout)
     check_eviction_policy(client)
+    check_layout(client, settings)
     pool.open(wait=False)
     _state.update(pid=os.getpid(), redis=client, db=pool, cache=make_cache_redis(settings, client))
-    try:
-        for shard in shards.shards(settings):
+    for shard in shards.shards(settings):
+        try:
             ensure_group(client, shard.stream, settings.consumer_group)
-    except redis.RedisError as exc:
-        log.warning("consumer group not ensured yet (the drain retries): %s", exc)
+        except redis.RedisError as exc:
+            log.warning("consumer group of %s not ensured yet (the drain retries): %s", shard.stream, exc)
 
 
 def backends(settings: Settings) -> tuple[redis.Redis, ConnectionPool]:
@@ -50,11 +52,12 @@ def cache_client(settings: Settings) -> redis.Redis:
     return _state["cache"]
 
 
-def consumer(shard: Settings, preferred: str) -> str:
-    """The consumer name this process drains one stream shard under now: `preferred` when
-    its lease is free (pipeline.consumers), registered in the shard's group the first time
-    it is used. Each shard has its own leases, beside its stream (pipeline.shards)."""
-    client, _ = backends(shard)
+def consumer(settings: Settings, index: int, preferred: str) -> str:
+    """The consumer name this process drains stream shard `index` under now: `preferred`
+    when its lease is free (pipeline.consumers), registered in the shard's group the first
+    time it is used. Each shard has its own leases, beside its stream (pipeline.shards)."""
+    client, _ = backends(settings)
+    shard = shards.shard(settings, index)
     leases = _state.setdefault("leases", {})
     lease = leases.get(shard.stream)
     if lease is None:

@@ -13,9 +13,10 @@ from collections import Counter
 import pytest
 from celery import current_app
 
-from collector.pipeline import codec, keyring, shards
+import collector.keys
+from collector.core.settings import SettingsError
+from collector.pipeline import codec, keyring, layout, shards
 from collector.pipeline.drain import drain_for
-from collector.store import keys
 from tasks import resources
 from tasks.celery_app import make_celery
 from tests.test_console_browser import make_key
@@ -126,7 +127,7 @@ def test_each_shard_drains_under_its_own_group_and_a_skewed_load_leaves_none_beh
         assert group["lag"] == 0 and group["pending"] == 0 and group["entries-read"] > 0, shard.stream
 
 
-def test_a_key_works_on_every_shard_and_its_revocation_too(sharded, db, make_app, redis_client):
+def test_a_key_works_on_every_shard_and_its_revocation_too(sharded, db, make_app, redis_client, monkeypatch):
     sharded = dataclasses.replace(sharded, auth_enabled=True)
     secret = make_key(sharded, "device", prefix="dev-")
     client = make_app(sharded).test_client()
@@ -139,8 +140,11 @@ def test_a_key_works_on_every_shard_and_its_revocation_too(sharded, db, make_app
     assert [redis_client.hexists(keyring.registry_key(s), key_id) for s in shards.shards(sharded)] == [True] * SHARDS
     assert [k for k, _ in keyring.recent_uses(redis_client, sharded)] == [key_id]
 
-    assert keys.revoke(db, key_id)
-    keyring.publish(redis_client, sharded, next(r for r in keys.every(db) if r.id == key_id))
+    # Revoked as an operator does: `python -m collector.keys revoke`, with the deployment's settings.
+    for name, value in (("REDIS_URL", sharded.redis_url), ("DATABASE_URL", sharded.database_url),
+                        ("KEY_PREFIX", sharded.key_prefix), ("STREAM_SHARDS", str(SHARDS))):
+        monkeypatch.setenv(name, value)
+    assert collector.keys.main(["revoke", key_id]) == 0
     assert not any(redis_client.hexists(keyring.registry_key(s), key_id) for s in shards.shards(sharded))
     answer = client.post("/api/logs/batch", json=batch, headers=headers)  # the admission script sees it at once
     assert answer.status_code == 401, answer.json
@@ -226,3 +230,30 @@ def test_the_tick_sends_a_task_per_waiting_shard_so_a_busy_shard_holds_up_no_oth
     assert cold == 5
     assert results[-1] == "shard 0: idle" and len(results) == 6  # four full runs, then an empty one
     assert db.execute("SELECT count(*) FROM logs").fetchone()[0] == 405
+
+
+def test_a_change_of_shards_waits_for_the_old_streams_to_empty_and_brings_the_keys_along(settings, sharded, db,
+                                                                                          make_app, redis_client):
+    """Started with STREAM_SHARDS=4 while the one stream of before still holds entries, a
+    process refuses to start, naming the setting; once they are stored it starts, records
+    its layout, and its new shards know the keys made before (no 401 until a sync)."""
+    keyed = dataclasses.replace(settings, auth_enabled=True)
+    secret = make_key(keyed, "device", prefix="dev-")  # made with one shard: one registry copy
+    one = make_app(keyed).test_client()
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert one.post("/api/logs/batch", headers=headers, json={"logs": [
+        {"device_id": f"dev-{n}", "log_level": "INFO", "message": "before"} for n in range(8)]}).status_code == 200
+
+    four = dataclasses.replace(sharded, auth_enabled=True)
+    with pytest.raises(SettingsError, match=r"STREAM_SHARDS=4 .* 8 accepted logs still wait .* STREAM_SHARDS=1"):
+        make_app(four)
+    assert drain_all(redis_client, db, settings) == 8
+    api = make_app(four).test_client()
+    assert redis_client.get(layout.layout_key(four)) == b"4"
+    batch = {"logs": [{"device_id": d, "log_level": "INFO", "message": "after"}
+                      for shard in devices_per_shard(four).values() for d in shard]}
+    assert api.post("/api/logs/batch", json=batch, headers=headers).status_code == 200
+    assert drain_all(redis_client, db, four) == len(batch["logs"])
+    # And back: one stream again, once the four are empty.
+    make_app(keyed)
+    assert redis_client.get(layout.layout_key(keyed)) == b"1"

@@ -23,18 +23,33 @@ def check_eviction_policy(client: redis.Redis) -> str | None:
     it cannot be read (Redis down: checked by the next start; CONFIG disabled, as on some
     managed services: their documentation must say noeviction)."""
     try:
-        if isinstance(client, redis.RedisCluster):  # every master holds shards: ask each
-            replies = client.config_get("maxmemory-policy", target_nodes=redis.RedisCluster.PRIMARIES).values()
-        else:
-            replies = [client.config_get("maxmemory-policy")]
+        policies = [reply.get("maxmemory-policy") for reply in each_server(client, "config_get", "maxmemory-policy")]
     except redis.RedisError:
         return None
-    policies = [reply.get("maxmemory-policy") for reply in replies]
     policy = next((p for p in policies if p and p != SAFE_POLICY), policies[0] if policies else None)
     if policy and policy != SAFE_POLICY:
         raise SettingsError(f"Redis maxmemory-policy is {policy!r}: it would evict accepted logs not yet stored; "
                             f"set it to {SAFE_POLICY!r} (redis-server --maxmemory-policy {SAFE_POLICY})")
     return policy
+
+
+def each_server(client: redis.Redis, command: str, *args: str) -> list:
+    """A keyless command's reply from every server that holds our keys: each master of a
+    Redis Cluster (the cluster client would ask one node only), else the one server."""
+    if isinstance(client, redis.RedisCluster):
+        return [getattr(client, command)(*args, target_nodes=node) for node in client.get_primaries()]
+    return [getattr(client, command)(*args)]
+
+
+def memory_ratio(info: dict) -> float:
+    """used_memory / maxmemory from an INFO memory reply; 0.0 when unbounded (maxmemory 0)."""
+    maxmemory = info.get("maxmemory", 0)
+    return info["used_memory"] / maxmemory if maxmemory else 0.0
+
+
+def fullest_memory_ratio(client: redis.Redis) -> float:
+    """memory_ratio of the fullest server (every master of a cluster)."""
+    return max(memory_ratio(info) for info in each_server(client, "info", "memory"))
 
 
 def make_redis(settings: Settings, timeout: float | None = None, retries: int = 0) -> redis.Redis:

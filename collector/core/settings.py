@@ -14,6 +14,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,6 +58,12 @@ def _url(*schemes: str) -> Callable[[str], str]:
 def _text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be empty")
+    return raw
+
+
+def _stream_key(raw: str) -> str:
+    if "{" in _text(raw) or "}" in raw:
+        raise ValueError("must not contain { or }: the stream shards' hash tags are added to it")
     return raw
 
 
@@ -124,7 +131,7 @@ class Settings:
         "REDIS_URL names a node of a Redis Cluster (redis-py's cluster client); then CELERY_BROKER_URL "
         "must name a plain Redis, as Celery's broker does not speak the cluster protocol.")
     stream_shards: int = _setting(
-        "STREAM_SHARDS", 1, _int(1, 1024),
+        "STREAM_SHARDS", 1, _int(1, 256),
         "Streams the accepted logs are split over by a hash of device_id, each with its own consumer group "
         "and its keys in one Redis Cluster slot (docs/scaling.md); 1: the one stream STREAM_KEY.")
     broker_url: str = _setting(
@@ -135,7 +142,8 @@ class Settings:
         "Prefix for every Redis key the collector owns (stream, cache, Celery queues); "
         "lets several stacks or test runs share one Redis.")
     stream_key: str = _setting(
-        "STREAM_KEY", "logs:stream", _text, "Redis Stream that buffers accepted logs.")
+        "STREAM_KEY", "logs:stream", _stream_key, "Redis Stream that buffers accepted logs (no braces: "
+        "STREAM_SHARDS adds the hash tags).")
     consumer_group: str = _setting(
         "CONSUMER_GROUP", "log_workers", _text, "Consumer group the drain tasks read with.")
     batch_size: int = _setting(
@@ -316,10 +324,13 @@ class Settings:
         """A key used in one transaction or script with the stream: a shard's stream ends in
         its hash tag (pipeline.shards), and such a key carries the same tag, so on a Redis
         Cluster both live in one slot. Unsharded: key(name), as before shards existed."""
-        head, brace, tag = self.stream_key.rpartition("{")
-        if not brace:
-            return self.key(name)
-        return self.key(f"{{{tag[:-1]}}}:{name}")
+        return self._local_prefix + name
+
+    @cached_property
+    def _local_prefix(self) -> str:
+        # STREAM_KEY has no braces (_stream_key): any tag is the one pipeline.shards added.
+        _, brace, tag = self.stream_key.rpartition("{")
+        return self.key_prefix + (f"{{{tag[:-1]}}}:" if brace else "")
 
     @property
     def celery_queue(self) -> str:

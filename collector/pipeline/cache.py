@@ -51,6 +51,7 @@ import orjson
 import redis
 from redis.cluster import ClusterPipeline
 
+from collector.core.clients import fullest_memory_ratio
 from collector.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,11 @@ class QueryCache:
         if now >= self._next_memory_check:
             self._next_memory_check = now + MEMORY_CHECK_INTERVAL
             try:
-                memory = self.client.info("memory")
+                # Every master of a cluster: cache values land on all of them, stream shards too.
+                ratio = fullest_memory_ratio(self.client)  # 0.0: no maxmemory, never full
+                self._memory_full = ratio > 0.0 and ratio >= self.settings.cache_memory_limit
             except redis.RedisError:
                 return True
-            maxmemory = memory.get("maxmemory", 0)
-            self._memory_full = bool(maxmemory) and (
-                memory["used_memory"] >= self.settings.cache_memory_limit * maxmemory)
         return self._memory_full
 
 

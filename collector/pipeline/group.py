@@ -7,6 +7,8 @@ import secrets
 
 import redis
 
+from collector.core.clients import memory_ratio
+
 
 def epoch_key(stream: str) -> str:
     """Where the stream's incarnation tag lives: beside the stream, so it is kept,
@@ -129,14 +131,27 @@ def backlog_of(figures: dict) -> int:
 
 def backlog(client: redis.Redis, stream: str, group: str) -> int:
     """Entries not yet stored, one round trip."""
-    return backlog_of(_read_figures(client, stream, group, memory=False)[0])
+    return backlogs(client, [stream], group)[0]
+
+
+def backlogs(client: redis.Redis, streams: list[str], group: str) -> list[int]:
+    """backlog of each stream, in one pipeline (on a cluster, one per node holding them)."""
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+    replies = pipe.execute(raise_on_error=False)
+    for length in replies[::2]:
+        if isinstance(length, Exception):
+            raise length
+    return [backlog_of(_group_figures(length, group_info(groups, group)))
+            for length, groups in zip(replies[::2], replies[1::2], strict=True)]
 
 
 def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:
     """(entries not yet stored, used_memory / maxmemory or 0.0 when unbounded), one round trip."""
     figures, memory = _read_figures(client, stream, group, memory=True)
-    maxmemory = memory.get("maxmemory", 0)
-    return backlog_of(figures), (memory["used_memory"] / maxmemory) if maxmemory else 0.0
+    return backlog_of(figures), memory_ratio(memory)
 
 
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -102,11 +102,29 @@ def _record(row) -> bytes:
 
 def publish(client: redis.Redis, settings: Settings, row) -> None:
     """Make one key (a store.keys.KeyRow) known to the API, or forget it if revoked."""
+    if row.revoked_at is not None:
+        forget(client, settings, row.id)
+        return
     for copy in _copies(settings):
-        if row.revoked_at is None:
-            client.hset(registry_key(copy), row.id, _record(row))
-        else:
-            client.hdel(registry_key(copy), row.id)
+        client.hset(registry_key(copy), row.id, _record(row))
+
+
+def forget(client: redis.Redis, settings: Settings, key_id: str) -> None:
+    """Make the API refuse a key: removed from every copy of the registry (each shard's
+    admission script checks its own)."""
+    for copy in _copies(settings):
+        client.hdel(registry_key(copy), key_id)
+
+
+def spread(client: redis.Redis, settings: Settings) -> int:
+    """Give every shard's registry the deployment's keys (the copy the API looks keys up in):
+    new shards (STREAM_SHARDS raised, a fresh cluster) know them at once rather than at the
+    next sync_keys; returns the keys copied."""
+    known = client.hgetall(registry_key(settings))
+    for copy in _copies(settings):
+        if known and registry_key(copy) != registry_key(settings):
+            client.hset(registry_key(copy), mapping=known)
+    return len(known)
 
 
 def sync(client: redis.Redis, settings: Settings, rows: list) -> None:

@@ -26,6 +26,7 @@ from functools import cache
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from collector.core.clients import fullest_memory_ratio
 from collector.core.settings import Settings
 from collector.pipeline import group
 
@@ -90,15 +91,15 @@ def pipeline_stats(client: redis.Redis, settings: Settings) -> dict:
             "shards": [{"stream": s.stream, **f} for s, f in zip(shards(settings), per, strict=True)]}
 
 
+def backlogs(client: redis.Redis, settings: Settings) -> list[int]:
+    """Each shard's entries not yet stored, in shard order: one round trip (per node on a cluster)."""
+    return group.backlogs(client, [s.stream for s in shards(settings)], settings.consumer_group)
+
+
 def backlog_and_memory(client: redis.Redis, settings: Settings) -> tuple[int, float]:
-    """(entries not yet stored in every shard, the fullest Redis node's used_memory / maxmemory),
-    for back-pressure: one round trip unsharded, one per shard (and one for the nodes' memory
-    on a cluster) otherwise."""
+    """(entries not yet stored in every shard, the fullest Redis server's used_memory /
+    maxmemory), for back-pressure: one round trip unsharded, two otherwise (the memory of
+    each master, on a cluster)."""
     if not tagged(settings):
         return group.backlog_and_memory(client, settings.stream, settings.consumer_group)
-    waiting = sum(group.backlog(client, s.stream, s.consumer_group) for s in shards(settings))
-    if isinstance(client, redis.RedisCluster):
-        nodes = client.info("memory", target_nodes=redis.RedisCluster.PRIMARIES).values()
-    else:
-        nodes = [client.info("memory")]
-    return waiting, max((n["used_memory"] / n["maxmemory"] if n.get("maxmemory") else 0.0) for n in nodes)
+    return sum(backlogs(client, settings)), fullest_memory_ratio(client)

@@ -22,6 +22,7 @@ from collector.pipeline import counters, shards
 from collector.pipeline.backpressure import Gate
 from collector.pipeline.cache import QueryCache
 from collector.pipeline.keyring import Keyring
+from collector.pipeline.layout import check_layout
 from collector.pipeline.producer import Appender
 from collector.web import auth
 from collector.web.compression import install_decompression
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
                if settings.read_replica else db)
     client = make_redis(settings)
     check_eviction_policy(client)
+    check_layout(client, settings)
     stream_shards = shards.shards(settings)
     appenders = tuple(Appender(client, shard.stream, counters.accepted_counter(shard)) for shard in stream_shards)
     app.extensions["collector"] = Backends(redis=client, db=db, read_db=read_db, gate=Gate(settings),

@@ -16,6 +16,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import orjson
 from flask import request
@@ -105,7 +106,16 @@ def _fingerprint(body: object) -> str:
     return hashlib.blake2b(request.path.encode() + b"\0" + canonical, digest_size=16).hexdigest()
 
 
-def _admission(shard: Settings, logs: list[dict], body: object, key: str | None, received: str) -> Admission | None:
+class _Ask(NamedTuple):
+    """What every shard's part of one request shares."""
+
+    key: str | None  # its Idempotency-Key
+    fingerprint: str  # of its body, with a key (taken once, however many shards it spans)
+    first_device: str  # the key's scope without a credential: the request's first log's device
+    received: str
+
+
+def _admission(shard: Settings, logs: list[dict], ask: _Ask) -> Admission | None:
     """What the admission script must check for this request's logs on one stream shard
     (their keys all carry the shard's hash tag); None when plain XADDs do."""
     s = settings()
@@ -114,11 +124,11 @@ def _admission(shard: Settings, logs: list[dict], body: object, key: str | None,
     if who is not None and who.key_id is not None:
         credential = Credential(registry_key(shard), uses_key(shard), who.key_id, who.digest)
     remember = None
-    if key is not None:
+    if ask.key is not None:
         # Idempotency keys are chosen by clients: scope them by who is speaking, the
-        # credential when there is one, else the device (of the first log).
-        scope = f"k:{credential.key_id}" if credential else f"d:{logs[0]['device_id']}"
-        remember = Remember(key=shard.local_key(f"idem:{scope}:{key}"), fingerprint=_fingerprint(body),
+        # credential when there is one, else the device (of the request's first log).
+        scope = f"k:{credential.key_id}" if credential else f"d:{ask.first_device}"
+        remember = Remember(key=shard.local_key(f"idem:{scope}:{ask.key}"), fingerprint=ask.fingerprint,
                             ttl=s.idempotency_ttl)
     limits = None
     rate = who.rate_limit if who is not None and who.rate_limit is not None else s.rate_limit_per_device
@@ -130,7 +140,7 @@ def _admission(shard: Settings, logs: list[dict], body: object, key: str | None,
         limits = Limits(rate, burst, [(device, shard.local_key(f"rl:{device}"), n) for device, n in costs.items()])
     if remember is None and limits is None and credential is None:
         return None
-    return Admission(received_at=received, remember=remember, credential=credential, limits=limits)
+    return Admission(received_at=ask.received, remember=remember, credential=credential, limits=limits)
 
 
 def _check_scope(logs: list[dict]) -> None:
@@ -177,18 +187,20 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     if not b.gate.is_open(b.redis):
         raise Overloaded(b.gate.backlog, b.gate.memory_ratio)
     now = dt.datetime.now(dt.UTC)
-    received = now.isoformat()
+    ask = _Ask(key, _fingerprint(body) if key is not None else "", logs[0]["device_id"], now.isoformat())
     entries = [encode_entry(log, now) for log in logs]
     s = settings()
-    parts = shards.split(s, [log["device_id"] for log in logs]) if s.stream_shards > 1 else {0: range(len(logs))}
+    if s.stream_shards == 1:
+        return _enqueue_shard(0, range(len(logs)), logs, entries, ask)[:3]
+    parts = shards.split(s, [log["device_id"] for log in logs])
     if len(parts) == 1:
         [index] = parts
-        return _enqueue_shard(index, range(len(logs)), logs, entries, body, key, received)[:3]
+        return _enqueue_shard(index, range(len(logs)), logs, entries, ask)[:3]
     ids: list[str] = [""] * len(logs)
     first_received, headers, tokens_left, replayed = None, {}, None, True
     for index, positions in sorted(parts.items()):
         part_ids, part_received, part_headers, admission = _enqueue_shard(
-            index, positions, [logs[p] for p in positions], [entries[p] for p in positions], body, key, received)
+            index, positions, [logs[p] for p in positions], [entries[p] for p in positions], ask)
         for position, entry_id in zip(positions, part_ids, strict=True):
             ids[position] = entry_id
         first_received = first_received or part_received
@@ -201,16 +213,16 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     return ids, first_received, headers
 
 
-def _enqueue_shard(index: int, positions: Sequence[int], logs: list[dict], entries: list[dict], body: object,
-                   key: str | None, received: str) -> tuple[list[str], str, dict, Admission | None]:
+def _enqueue_shard(index: int, positions: Sequence[int], logs: list[dict], entries: list[dict],
+                   ask: _Ask) -> tuple[list[str], str, dict, Admission | None]:
     """Queue one shard's part of a request (`positions`: its logs' places in the request)."""
     b = backends()
     shard, appender = b.shards[index], b.appenders[index]
-    admission = _admission(shard, logs, body, key, received)
+    admission = _admission(shard, logs, ask)
     if admission is None:
         ids = appender.append(entries, request.content_length or 0)
         metrics.LOGS_ACCEPTED.inc(len(ids))
-        return ids, received, {}, None
+        return ids, ask.received, {}, None
     result = appender.admit(entries, admission, request.content_length or 0)
     if result.status == "unauthorized":  # revoked since this process cached it
         raise Unauthorized("The key is unknown or revoked.")

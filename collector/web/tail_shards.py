@@ -21,9 +21,10 @@ shard's hash tag (shards.tags, "s0", "s43"), and its position <base + delta>-<n>
 and n is left out when 0. E.g.
 "4.mimdudff.s2_0@5e4c4a11.s0_2s-3@a1b2c3d4" (a tail of two devices, of shards 0 and 2):
 shard s2 at 1764547200123-0@5e4c4a11, shard s0 at 1764547200223-3@a1b2c3d4. That is
-14-20 characters per shard, so a fleet tail's id fits the 8 KB nginx takes in a header
-or a request line (large_client_header_buffers; gunicorn.conf.py) up to about 400
-shards; a device's tail names its one shard.
+usually 14-20 characters per shard, at most 27 (when a shard has delivered nothing the
+base is 0 and every delta long); STREAM_SHARDS is capped at 256, where a fleet tail's id is at
+most about 7 KB, within the 8 KB nginx takes in a header or a request line
+(large_client_header_buffers; gunicorn.conf.py); a device's tail names its one shard.
 
 A resume reads each lane's shard after that shard's position in the id. A lane whose
 shard the id does not name starts where a new tail would (at the watermark) when the id
