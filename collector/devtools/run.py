@@ -10,9 +10,10 @@ exits 0.
 
 The order of the stop: the worker's main process alone gets a SIGTERM (its pid from
 WORKER_PIDFILE, which the Procfile hands to Celery), and its warm shutdown finishes
-the batch in hand and stops the pool itself; then honcho gets a SIGINT and sends
-the others a SIGTERM. honcho itself would signal the worker's whole process group,
-and Celery's pool children would die on their own SIGTERM mid-batch.
+the batch in hand and stops the pool itself; then honcho, which stops every process
+once one has ended, sends the others a SIGTERM (a SIGINT makes it do so if it has not
+within HONCHO_STOP_TIMEOUT). honcho signalled first would signal the worker's whole
+process group, and Celery's pool children would die on their own SIGTERM mid-batch.
 
 Who sees the Ctrl-C: honcho runs in a session of its own, and when standard input
 is a terminal this process puts itself in a process group of its own and makes
@@ -47,6 +48,8 @@ READY_TIMEOUT = 120.0
 # How long the worker's warm shutdown may take at Ctrl-C (a batch, at most its
 # time limit) before honcho stops it and the rest anyway.
 WORKER_STOP_TIMEOUT = 60.0
+# honcho's own stop of the others: SIGTERM, then SIGKILL after its KILL_WAIT of 5 s.
+HONCHO_STOP_TIMEOUT = 15.0
 
 
 def say(message: str) -> None:
@@ -143,6 +146,11 @@ def stop_processes(honcho: subprocess.Popen, pidfile: Path) -> None:
             os.kill(pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: not running(pid), WORKER_STOP_TIMEOUT, "the worker's warm shutdown", interval=0.2)
+        # honcho stops the others by itself once it has seen a process end. A SIGINT sent
+        # before it had seen the worker's end made it signal the worker's group too: give
+        # it the time to see it.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            honcho.wait(HONCHO_STOP_TIMEOUT)
     if honcho.poll() is None:
         honcho.send_signal(signal.SIGINT)
 

@@ -88,32 +88,51 @@ def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
     pending entry or the first one not delivered yet. A drain that has stalled shows
     here, whatever the clocks of the workers and beat say.
     """
-    pipe = client.pipeline(transaction=False)
-    pipe.xlen(stream)
-    pipe.xinfo_groups(stream)
-    pipe.xpending(stream, group)
+    return pipeline_stats_of(client, [stream], group)[0]
+
+
+def pipeline_stats_of(client: redis.Redis, streams: list[str], group: str) -> list[dict]:
+    """pipeline_stats of each stream (the shards'), in two round trips whatever their number
+    (on a cluster: per node, and one more per master for its clock)."""
     cluster = isinstance(client, redis.RedisCluster)
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, group)
     if not cluster:
         pipe.time()
-    length, groups, pending, *now = pipe.execute(raise_on_error=False)
-    # A cluster pipeline refuses TIME (it names no key): ask the stream's own node.
-    now = client.time(target_nodes=client.get_node_from_key(stream)) if cluster else now[0]
-    for reply in (length, now):
-        if isinstance(reply, Exception):
-            raise reply
-    info = group_info(groups, group)
-    candidates = []
-    if not isinstance(pending, Exception) and pending["pending"]:
-        candidates.append(parse_id(pending["min"]))
-    last = info["last-delivered-id"] if info is not None else None
-    start = "-" if last is None else "(" + (last.decode() if isinstance(last, bytes) else last)
-    if undelivered := client.xrange(stream, min=start, count=1):
-        candidates.append(parse_id(undelivered[0][0]))
-    figures = _group_figures(length, info)
-    now_ms = now[0] * 1000 + now[1] // 1000
-    figures["oldest_unstored_age_seconds"] = (
-        round(max(0, now_ms - min(candidates)[0]) / 1000, 3) if candidates else None)
-    return figures
+    replies = pipe.execute(raise_on_error=False)
+    if cluster:  # a cluster pipeline refuses TIME (it names no key): each stream's own node's clock
+        clocks = {node.name: client.time(target_nodes=node) for node in client.get_primaries()}
+        nows = [clocks[client.get_node_from_key(stream).name] for stream in streams]
+    else:
+        nows = [replies[-1]] * len(streams)
+    figures, starts = [], []
+    for i in range(len(streams)):
+        length, groups, pending = replies[3 * i:3 * i + 3]
+        for reply in (length, nows[i]):
+            if isinstance(reply, Exception):
+                raise reply
+        info = group_info(groups, group)
+        last = info["last-delivered-id"] if info is not None else None
+        starts.append("-" if last is None else "(" + (last.decode() if isinstance(last, bytes) else last))
+        figures.append((_group_figures(length, info), pending))
+    pipe = client.pipeline(transaction=False)
+    for stream, start in zip(streams, starts, strict=True):
+        pipe.xrange(stream, min=start, count=1)
+    out = []
+    for (stream_figures, pending), undelivered, now in zip(figures, pipe.execute(), nows, strict=True):
+        candidates = []
+        if not isinstance(pending, Exception) and pending["pending"]:
+            candidates.append(parse_id(pending["min"]))
+        if undelivered:
+            candidates.append(parse_id(undelivered[0][0]))
+        now_ms = now[0] * 1000 + now[1] // 1000
+        stream_figures["oldest_unstored_age_seconds"] = (
+            round(max(0, now_ms - min(candidates)[0]) / 1000, 3) if candidates else None)
+        out.append(stream_figures)
+    return out
 
 
 def oldest_unstored_age(client: redis.Redis, stream: str, group: str) -> float | None:

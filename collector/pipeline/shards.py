@@ -81,7 +81,7 @@ def split(settings: Settings, device_ids: Sequence[str]) -> dict[int, list[int]]
 def pipeline_stats(client: redis.Redis, settings: Settings) -> dict:
     """group.pipeline_stats over every shard: lengths, pending and lags summed, the oldest
     unstored age the largest; sharded, each shard's own figures under "shards" too."""
-    per = [group.pipeline_stats(client, s.stream, s.consumer_group) for s in shards(settings)]
+    per = group.pipeline_stats_of(client, [s.stream for s in shards(settings)], settings.consumer_group)
     if len(per) == 1:
         return per[0]
     ages = [f["oldest_unstored_age_seconds"] for f in per if f["oldest_unstored_age_seconds"] is not None]
