@@ -66,19 +66,6 @@ def _group_figures(length: int, info: dict | None) -> dict:
     return {"stream_length": length, "pending": info["pending"], "lag": info.get("lag")}
 
 
-def _read_figures(client: redis.Redis, stream: str, group: str, memory: bool) -> tuple[dict, dict | None]:
-    pipe = client.pipeline(transaction=False)
-    pipe.xlen(stream)
-    pipe.xinfo_groups(stream)
-    if memory:
-        pipe.info("memory")
-    length, groups, *info = pipe.execute(raise_on_error=False)
-    for reply in (length, *info):
-        if isinstance(reply, Exception):
-            raise reply
-    return _group_figures(length, group_info(groups, group)), (info[0] if info else None)
-
-
 def pipeline_stats(client: redis.Redis, stream: str, group: str) -> dict:
     """Stream length, entries delivered but not acknowledged (pending), entries not yet
     delivered to the group (lag; None when Redis cannot tell), and the age of the oldest
@@ -135,11 +122,6 @@ def pipeline_stats_of(client: redis.Redis, streams: list[str], group: str) -> li
     return out
 
 
-def oldest_unstored_age(client: redis.Redis, stream: str, group: str) -> float | None:
-    """Seconds since the oldest entry not yet stored was added; None when nothing waits."""
-    return pipeline_stats(client, stream, group)["oldest_unstored_age_seconds"]
-
-
 def backlog_of(figures: dict) -> int:
     """Entries not yet stored, from pipeline_stats' figures: lag + pending, or the whole
     stream when Redis cannot tell the lag (entries deleted mid-stream): be conservative."""
@@ -157,20 +139,31 @@ def backlogs(client: redis.Redis, streams: list[str], group: str) -> list[int]:
     """backlog of each stream, in one pipeline (on a cluster, one per node holding them)."""
     pipe = client.pipeline(transaction=False)
     for stream in streams:
-        pipe.xlen(stream)
-        pipe.xinfo_groups(stream)
+        _queue_backlog(pipe, stream)
     replies = pipe.execute(raise_on_error=False)
-    for length in replies[::2]:
-        if isinstance(length, Exception):
-            raise length
-    return [backlog_of(_group_figures(length, group_info(groups, group)))
-            for length, groups in zip(replies[::2], replies[1::2], strict=True)]
+    return [_backlog_from(length, groups, group) for length, groups in zip(replies[::2], replies[1::2], strict=True)]
 
 
 def backlog_and_memory(client: redis.Redis, stream: str, group: str) -> tuple[int, float]:
     """(entries not yet stored, used_memory / maxmemory or 0.0 when unbounded), one round trip."""
-    figures, memory = _read_figures(client, stream, group, memory=True)
-    return backlog_of(figures), memory_ratio(memory)
+    pipe = client.pipeline(transaction=False)
+    _queue_backlog(pipe, stream)
+    pipe.info("memory")
+    length, groups, memory = pipe.execute(raise_on_error=False)
+    if isinstance(memory, Exception):
+        raise memory
+    return _backlog_from(length, groups, group), memory_ratio(memory)
+
+
+def _queue_backlog(pipe: redis.client.Pipeline, stream: str) -> None:
+    pipe.xlen(stream)
+    pipe.xinfo_groups(stream)  # an error when there is no stream yet: group_info reads it as no group
+
+
+def _backlog_from(length: int | Exception, groups: list | Exception, group: str) -> int:
+    if isinstance(length, Exception):
+        raise length
+    return backlog_of(_group_figures(length, group_info(groups, group)))
 
 
 def parse_id(entry_id: bytes | str) -> tuple[int, int]:

@@ -105,26 +105,32 @@ def publish(client: redis.Redis, settings: Settings, row) -> None:
     if row.revoked_at is not None:
         forget(client, settings, row.id)
         return
+    pipe = client.pipeline(transaction=False)  # one round trip (per node on a cluster)
     for copy in _copies(settings):
-        client.hset(registry_key(copy), row.id, _record(row))
+        pipe.hset(registry_key(copy), row.id, _record(row))
+    pipe.execute()
 
 
 def forget(client: redis.Redis, settings: Settings, key_id: str) -> None:
     """Make the API refuse a key: removed from every copy of the registry (each shard's
     admission script checks its own)."""
+    pipe = client.pipeline(transaction=False)
     for copy in _copies(settings):
-        client.hdel(registry_key(copy), key_id)
+        pipe.hdel(registry_key(copy), key_id)
+    pipe.execute()
 
 
-def spread(client: redis.Redis, settings: Settings) -> int:
+def spread(client: redis.Redis, settings: Settings) -> None:
     """Give every shard's registry the deployment's keys (the copy the API looks keys up in):
     new shards (STREAM_SHARDS raised, a fresh cluster) know them at once rather than at the
-    next sync_keys; returns the keys copied."""
-    known = client.hgetall(registry_key(settings))
+    next sync_keys."""
+    if not (known := client.hgetall(registry_key(settings))):
+        return
+    pipe = client.pipeline(transaction=False)
     for copy in _copies(settings):
-        if known and registry_key(copy) != registry_key(settings):
-            client.hset(registry_key(copy), mapping=known)
-    return len(known)
+        if registry_key(copy) != registry_key(settings):
+            pipe.hset(registry_key(copy), mapping=known)
+    pipe.execute()
 
 
 def sync(client: redis.Redis, settings: Settings, rows: list) -> None:

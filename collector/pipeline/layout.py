@@ -5,8 +5,9 @@ with another layout than the one whose streams still hold unstored entries would
 drain them, and no figure would show them. Each API and worker process checks at start:
 Redis records the layout in use (absent: one stream, STREAM_KEY, as before shards
 existed); a process with another layout starts only once the recorded layout's streams
-hold nothing unstored, and then records its own. It also gives every shard's copy of the
-key registry the deployment's keys, so new shards accept keys at once.
+hold nothing unstored, and then records its own, once it has given every shard's copy of
+the key registry the deployment's keys, so new shards accept keys at once (afterwards
+every publish and sync_keys writes all copies).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def settings_of(settings: Settings, layout: str) -> Settings:
 
 def check_layout(client: redis.Redis, settings: Settings) -> None:
     """Raise SettingsError while another layout's streams hold unstored entries; else record
-    this one (and spread the keys to its shards). Redis unreachable: checked at the next start."""
+    this one, after giving its shards the keys. Redis unreachable: checked at the next start."""
     mine = layout_of(settings)
     try:
         raw = client.get(layout_key(settings))
@@ -52,9 +53,9 @@ def check_layout(client: redis.Redis, settings: Settings) -> None:
                     f"accepted logs still wait in the streams of STREAM_SHARDS={old.stream_shards} "
                     f"(REDIS_CLUSTER={old.redis_cluster}): run with those until /api/stats shows nothing pending "
                     "or lagging, then change them (docs/scaling.md, \"Changing STREAM_SHARDS\")")
+            if shards.tagged(settings):
+                keyring.spread(client, settings)
             client.set(layout_key(settings), mine)
             log.warning("stream layout changed", extra={"from": recorded, "to": mine})
-        if shards.tagged(settings):
-            keyring.spread(client, settings)
     except redis.RedisError as exc:
         log.warning("stream layout not checked (Redis unreachable; checked at the next start): %s", exc)

@@ -28,6 +28,7 @@ from collector.pipeline import shards
 from collector.pipeline.admission import Admission, Credential, Limits, Remember
 from collector.pipeline.codec import encode_entry
 from collector.pipeline.keyring import registry_key, uses_key
+from collector.pipeline.producer import Appender
 from collector.web.auth import Unauthorized, forbidden, principal
 from collector.web.errors import ApiError, Overloaded
 from collector.web.extensions import backends, settings
@@ -177,8 +178,9 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     With STREAM_SHARDS > 1 a request whose devices fall in several shards is queued by one
     transaction per shard, in shard order, each all-or-nothing. Everything that can refuse
     the whole request (validation, scope, back-pressure) has been checked before the
-    first; a shard that still fails (a rate limit, a Redis error) leaves the earlier
-    shards' logs queued, and the answer is that shard's error. With an Idempotency-Key
+    first; a shard that still refuses (a rate limit, a Redis error, a reused
+    Idempotency-Key, a key revoked meanwhile) leaves the earlier shards' logs queued, and
+    the answer is that shard's error. With an Idempotency-Key
     (remembered per shard) the client's retry is then answered from the queued shards'
     records and queues only the rest: exactly once (docs/scaling.md).
     """
@@ -191,16 +193,17 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     entries = [encode_entry(log, now) for log in logs]
     s = settings()
     if s.stream_shards == 1:
-        return _enqueue_shard(0, range(len(logs)), logs, entries, ask)[:3]
+        return _enqueue_shard(b.shards[0], b.appenders[0], range(len(logs)), logs, entries, ask)[:3]
     parts = shards.split(s, [log["device_id"] for log in logs])
     if len(parts) == 1:
         [index] = parts
-        return _enqueue_shard(index, range(len(logs)), logs, entries, ask)[:3]
+        return _enqueue_shard(b.shards[index], b.appenders[index], range(len(logs)), logs, entries, ask)[:3]
     ids: list[str] = [""] * len(logs)
     first_received, headers, tokens_left, replayed = None, {}, None, True
     for index, positions in sorted(parts.items()):
         part_ids, part_received, part_headers, admission = _enqueue_shard(
-            index, positions, [logs[p] for p in positions], [entries[p] for p in positions], ask)
+            b.shards[index], b.appenders[index], positions, [logs[p] for p in positions],
+            [entries[p] for p in positions], ask)
         for position, entry_id in zip(positions, part_ids, strict=True):
             ids[position] = entry_id
         first_received = first_received or part_received
@@ -213,11 +216,9 @@ def enqueue(logs: list[dict], body: object, key: str | None) -> tuple[list[str],
     return ids, first_received, headers
 
 
-def _enqueue_shard(index: int, positions: Sequence[int], logs: list[dict], entries: list[dict],
-                   ask: _Ask) -> tuple[list[str], str, dict, Admission | None]:
+def _enqueue_shard(shard: Settings, appender: Appender, positions: Sequence[int], logs: list[dict],
+                   entries: list[dict], ask: _Ask) -> tuple[list[str], str, dict, Admission | None]:
     """Queue one shard's part of a request (`positions`: its logs' places in the request)."""
-    b = backends()
-    shard, appender = b.shards[index], b.appenders[index]
     admission = _admission(shard, logs, ask)
     if admission is None:
         ids = appender.append(entries, request.content_length or 0)
